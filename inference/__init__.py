@@ -1,0 +1,1 @@
+"""Amortized variational inference (installed as `atomicspi.inference`)."""

@@ -1,0 +1,1 @@
+"""NumPyro generative models (installed as `atomicspi.models`)."""

@@ -1,0 +1,21 @@
+import os
+import pathlib
+
+import pytest
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("ATOMICSPI_SHARED_DATA", REPOSITORY.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """`../shared/data` (real files from RELION, cryoSPARC, cryoDRGN; example structures); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def example_structure_path() -> pathlib.Path:
+    """The bundled adenylate kinase (closed, all atoms with hydrogens)."""
+    return REPOSITORY / "atomicspi" / "data" / "adk_closed.pdb.gz"
