@@ -1,0 +1,148 @@
+"""`dataset.yaml`: the documented schema of a run, validated before any work starts."""
+
+import dataclasses
+import os
+import pathlib
+
+import yaml
+
+from ._errors import InputError
+
+MODELS = ("nma", "deformation", "homogeneous")
+POSE_MODES = ("given", "infer")
+COARSE_GRAININGS = ("calpha", "backbone", "heavy_atoms", "all_atoms")
+_PARTICLE_SUFFIXES = (".star", ".cs", ".mrcs", ".mrc")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """The contents of `dataset.yaml`. Relative paths are relative to the yaml file's folder.
+
+    **Required keys:**
+
+    - `particles`: a RELION `.star`, a cryoSPARC `.cs`, or an `.mrcs`/`.mrc` stack (which then
+      needs `poses_file` when `poses: given`).
+    - `reference`: the atomic structure (PDB, mmCIF, ...) in the frame of the poses.
+    - `model`: one of `"nma"`, `"deformation"`, `"homogeneous"`.
+    - `poses`: `"given"` (use the poses in the particle file or `poses_file`) or `"infer"`.
+    - `output`: folder for results (its parent must exist; it is created when the run starts).
+
+    **Optional keys (default):**
+
+    - `poses_file` (None): a cryoDRGN pose pickle; `ctf_file` (None): a cryoDRGN CTF pickle for
+      a bare stack.
+    - `datadir` (None): folder for the image paths named in the star/cs file.
+    - `batch_size` (64), `num_steps` (2000), `learning_rate` (1e-3), `seed` (0).
+    - `n_modes` (10): normal modes; `latent_dim` (4): latent dimensions of the deformation model.
+    - `coarse_grain` ("calpha"): one of `"calpha"`, `"backbone"`, `"heavy_atoms"`, `"all_atoms"`.
+    - `cutoff_in_angstroms` (15.0): elastic network cutoff.
+    - `samples_per_particle` (8): posterior samples drawn per particle.
+    - `checkpoint_every` (200): steps between checkpoints.
+    - `n_particles` (None = all): use only the first n particles.
+    - `device_count` (None = all visible devices).
+    """
+
+    particles: pathlib.Path
+    reference: pathlib.Path
+    model: str
+    poses: str
+    output: pathlib.Path
+    poses_file: pathlib.Path | None = None
+    ctf_file: pathlib.Path | None = None
+    datadir: pathlib.Path | None = None
+    batch_size: int = 64
+    num_steps: int = 2000
+    learning_rate: float = 1e-3
+    seed: int = 0
+    n_modes: int = 10
+    latent_dim: int = 4
+    coarse_grain: str = "calpha"
+    cutoff_in_angstroms: float = 15.0
+    samples_per_particle: int = 8
+    checkpoint_every: int = 200
+    n_particles: int | None = None
+    device_count: int | None = None
+
+
+_REQUIRED = ("particles", "reference", "model", "poses", "output")
+_PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
+_POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count")
+_POSITIVE_FLOATS = ("learning_rate", "cutoff_in_angstroms")
+
+
+def load_config(path: str | os.PathLike) -> DatasetConfig:
+    """Read and validate `dataset.yaml` (with `yaml.safe_load`; no Python tags).
+
+    **Arguments:**
+
+    - `path`: the yaml file.
+
+    **Returns:**
+
+    A `DatasetConfig` with absolute paths. Raises `InputError` naming the file and the key for
+    unknown keys, missing required keys, wrong types or values, and missing input files.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise InputError(f"{path}: yaml: {problem}{where}".replace("\n", " ")) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: yaml: not UTF-8 text") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: yaml: the document must be a mapping of keys to values, got {type(document).__name__}")
+    known = {field.name for field in dataclasses.fields(DatasetConfig)}
+    for key in document:
+        if key not in known:
+            raise InputError(f"{path}: field {key}: unknown key (known: {', '.join(sorted(known))})")
+    for key in _REQUIRED:
+        if document.get(key) is None:
+            raise InputError(f"{path}: field {key}: required")
+    values = dict(document)
+    folder = path.parent.resolve()
+    for key in _PATHS:
+        if values.get(key) is not None:
+            if not isinstance(values[key], str) or not values[key].strip():
+                raise InputError(f"{path}: field {key}: must be a path, got {values[key]!r}")
+            values[key] = folder / pathlib.Path(values[key]).expanduser()
+    for key in ("model", "poses", "coarse_grain"):
+        allowed = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS}[key]
+        if key in values and values[key] not in allowed:
+            raise InputError(f"{path}: field {key}: {values[key]!r} is not one of {', '.join(allowed)}")
+    for key in _POSITIVE_INTEGERS:
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{path}: field {key}: must be a positive integer, got {value!r}")
+    if "seed" in values and (isinstance(values["seed"], bool) or not isinstance(values["seed"], int)):
+        raise InputError(f"{path}: field seed: must be an integer, got {values['seed']!r}")
+    for key in _POSITIVE_FLOATS:
+        value = values.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InputError(f"{path}: field {key}: must be a positive number, got {value!r}")
+            values[key] = float(value)
+    config = DatasetConfig(**values)
+    _check_files(config, path)
+    return config
+
+
+def _check_files(config: DatasetConfig, path: pathlib.Path) -> None:
+    for key in ("particles", "reference", "poses_file", "ctf_file"):
+        target = getattr(config, key)
+        if target is not None and not target.is_file():
+            raise InputError(f"{path}: field {key}: file {target} not found")
+    if config.datadir is not None and not config.datadir.is_dir():
+        raise InputError(f"{path}: field datadir: folder {config.datadir} not found")
+    if config.particles.suffix.lower() not in _PARTICLE_SUFFIXES:
+        raise InputError(f"{path}: field particles: {config.particles.name} is not a .star, .cs, .mrcs or .mrc file")
+    if config.poses == "given" and config.particles.suffix.lower() in (".mrcs", ".mrc") and config.poses_file is None:
+        raise InputError(f"{path}: field poses_file: required with poses: given and a bare stack as particles")
+    if not config.output.parent.is_dir():
+        raise InputError(f"{path}: field output: parent folder {config.output.parent} not found")
+    if config.output.exists() and not config.output.is_dir():
+        raise InputError(f"{path}: field output: {config.output} exists and is not a folder")

@@ -1,0 +1,235 @@
+"""cryoSPARC `.cs` particle tables (numpy structured arrays, read with `allow_pickle=False`).
+
+Fields used: `blob/path` (leading `>` stripped; resolved against `datadir` or the `.cs` folder,
+falling back to the bare file name), `blob/idx` (0-based), `blob/shape`, `blob/psize_A`;
+`ctf/df1_A`, `ctf/df2_A`, `ctf/df_angle_rad`, `ctf/accel_kv`, `ctf/cs_mm`, `ctf/amp_contrast`,
+`ctf/phase_shift_rad` (default 0), `ctf/exp_group_id` (optics group); `alignments3D/pose`
+(rotation vector, `A = axis_angle_to_matrix(pose).T`) and `alignments3D/shift` (pixels, sign of
+RELION's origin: `shifts_in_angstroms = -shift * blob/psize_A`). Other fields are not kept.
+"""
+
+import os
+import pathlib
+
+import numpy as np
+
+from ..microscope._rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from ._dataset import OpticsGroup, ParticleDataset, group_optics
+from ._errors import InputError
+from ._mrc import ImageStacks, write_stack_in_chunks
+from ._star import _relative, consistent_optics
+
+_REQUIRED = ("blob/path", "blob/idx", "blob/shape", "blob/psize_A")
+_CTF_REQUIRED = ("ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
+
+
+def _load_table(path: pathlib.Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{path}: table: not a readable cryoSPARC .cs file ({first})") from None
+    if not isinstance(table, np.ndarray) or table.dtype.names is None or table.ndim != 1:
+        raise InputError(f"{path}: table: not a cryoSPARC structured array")
+    if len(table) == 0:
+        raise InputError(f"{path}: table: no particles")
+    return table
+
+
+def _field(table: np.ndarray, name: str, path: pathlib.Path, width: int | None = None) -> np.ndarray:
+    if name not in table.dtype.names:
+        raise InputError(f"{path}: field {name}: missing")
+    try:
+        values = np.asarray(table[name], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: field {name}: not numeric") from None
+    expected = (len(table),) if width is None else (len(table), width)
+    if values.shape != expected:
+        raise InputError(f"{path}: field {name}: shape {values.shape}, expected {expected}")
+    bad = ~np.isfinite(values.reshape(len(table), -1)).all(axis=1)
+    if bad.any():
+        raise InputError(f"{path}: field {name}: row {int(np.flatnonzero(bad)[0]) + 1} is not finite")
+    return values
+
+
+def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ParticleDataset:
+    """Read a cryoSPARC particle `.cs` file without touching the image stacks.
+
+    **Arguments:**
+
+    - `path`: the `.cs` file.
+    - `datadir`: folder against which `blob/path` is resolved instead of the `.cs` file's folder.
+
+    **Returns:**
+
+    A `ParticleDataset` in atomicspi's conventions. Raises `InputError` naming the file and field.
+    """
+    path = pathlib.Path(path)
+    base = pathlib.Path(datadir) if datadir is not None else path.parent
+    table = _load_table(path)
+    for name in _REQUIRED:
+        if name not in table.dtype.names:
+            raise InputError(f"{path}: field {name}: missing")
+    n = len(table)
+    raw_paths = table["blob/path"]
+    if raw_paths.dtype.kind not in "SU":
+        raise InputError(f"{path}: field blob/path: not text")
+    texts = np.char.decode(raw_paths, "utf-8") if raw_paths.dtype.kind == "S" else raw_paths
+    texts = np.char.lstrip(texts.astype(str), ">")
+    uniques, codes = np.unique(texts, return_inverse=True)
+    stack_paths = []
+    for name in uniques:
+        relative = pathlib.Path(str(name))
+        candidates = [base / relative, base / relative.name]
+        stack_paths.append(next((c for c in candidates if c.exists()), candidates[0]))
+    indices = _field(table, "blob/idx", path)
+    if np.any(indices < 0):
+        raise InputError(f"{path}: field blob/idx: negative index")
+    images = ImageStacks(stack_paths, codes.reshape(-1), indices.astype(np.int64), path, "blob/path")
+
+    shapes = _field(table, "blob/shape", path, 2).astype(np.int64)
+    distinct = np.unique(shapes, axis=0)
+    if len(distinct) > 1:
+        raise InputError(f"{path}: field blob/shape: particles have different box sizes {distinct.tolist()[:4]}")
+    if distinct[0, 0] != distinct[0, 1] or distinct[0, 0] <= 0:
+        raise InputError(f"{path}: field blob/shape: images {distinct[0].tolist()} are not square")
+    box_size = int(distinct[0, 0])
+    pixel_sizes = _field(table, "blob/psize_A", path)
+    if np.ptp(pixel_sizes) > 1e-4 * abs(pixel_sizes[0]) or not pixel_sizes[0] > 0:
+        raise InputError(f"{path}: field blob/psize_A: pixel sizes differ or are not positive")
+    pixel_size = float(pixel_sizes[0])
+
+    ctf = None
+    labels = _field(table, "ctf/exp_group_id", path) if "ctf/exp_group_id" in table.dtype.names else np.ones(n)
+    if any(name in table.dtype.names for name in _CTF_REQUIRED):
+        values = {name: _field(table, name, path) for name in _CTF_REQUIRED}
+        phase = _field(table, "ctf/phase_shift_rad", path) if "ctf/phase_shift_rad" in table.dtype.names else np.zeros(n)
+        ctf = {
+            "defocus_u_in_angstroms": values["ctf/df1_A"],
+            "defocus_v_in_angstroms": values["ctf/df2_A"],
+            "astigmatism_angle_in_degrees": np.rad2deg(values["ctf/df_angle_rad"]),
+            "voltage_in_kilovolts": values["ctf/accel_kv"],
+            "spherical_aberration_in_millimeters": values["ctf/cs_mm"],
+            "amplitude_contrast_ratio": values["ctf/amp_contrast"],
+            "phase_shift_in_degrees": np.rad2deg(phase),
+        }
+        groups, group_indices = group_optics(
+            labels,
+            {int(label): f"exposureGroup{int(label)}" for label in np.unique(labels)},
+            pixel_size,
+            box_size,
+            ctf["voltage_in_kilovolts"],
+            ctf["spherical_aberration_in_millimeters"],
+            ctf["amplitude_contrast_ratio"],
+            np.zeros((n, 2)),
+        )
+    else:
+        groups = (OpticsGroup(1, "opticsGroup1", pixel_size, box_size, np.nan, np.nan, np.nan),)
+        group_indices = np.zeros(n, dtype=np.int64)
+
+    rotations = shifts = None
+    if "alignments3D/pose" in table.dtype.names:
+        pose = _field(table, "alignments3D/pose", path, 3)
+        rotations = np.swapaxes(np.asarray(axis_angle_to_matrix(pose), dtype=np.float64), -1, -2)
+        shifts = -_field(table, "alignments3D/shift", path, 2) * pixel_size
+    return ParticleDataset(
+        image_stacks=images,
+        pixel_size_in_angstroms=pixel_size,
+        box_size=box_size,
+        ctf=ctf,
+        optics_groups=tuple(groups),
+        optics_group_indices=np.asarray(group_indices, dtype=np.int64),
+        rotations=rotations,
+        shifts_in_angstroms=shifts,
+        extra_columns={},
+        source=path,
+    )
+
+
+def write_cryosparc(
+    path: str | os.PathLike, dataset: ParticleDataset, stack_path: str | os.PathLike | None = None
+) -> pathlib.Path:
+    """Write particles as a cryoSPARC `.cs` table.
+
+    **Arguments:**
+
+    - `path`: the file to write (overwritten; written as given, no `.npy` added).
+    - `dataset`: a `ParticleDataset`.
+    - `stack_path`: when given, the images are copied there and `blob/path` refers to it;
+      otherwise to the dataset's stacks. Paths are written relative to the `.cs` file's folder.
+
+    **Returns:**
+
+    The path written. Beam tilt, Zernike terms and extra RELION columns are not written.
+    """
+    path = pathlib.Path(path)
+    if dataset.pixel_size_in_angstroms is None or dataset.box_size is None:
+        dataset = dataset.check_images()
+    dataset = consistent_optics(dataset)
+    n = len(dataset)
+    if stack_path is not None:
+        stack_path = pathlib.Path(stack_path)
+        chunk = max(1, 2**24 // (4 * dataset.box_size**2))
+        write_stack_in_chunks(
+            stack_path,
+            (dataset.images(np.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)),
+            n,
+            dataset.box_size,
+            dataset.pixel_size_in_angstroms,
+        )
+        paths = np.full(n, _relative(stack_path, path.parent))
+        indices = np.arange(n)
+    else:
+        stacks = np.array([_relative(p, path.parent) for p in dataset.image_stacks.stack_paths])
+        paths = stacks[dataset.image_stacks.stack_numbers]
+        indices = dataset.image_stacks.image_indices
+    encoded = np.char.encode(paths.astype(str), "utf-8")
+    fields = [
+        ("uid", "<u8"),
+        ("blob/path", f"S{max(1, encoded.dtype.itemsize)}"),
+        ("blob/idx", "<u4"),
+        ("blob/shape", "<u4", (2,)),
+        ("blob/psize_A", "<f4"),
+        ("blob/sign", "<f4"),
+    ]
+    if dataset.ctf is not None:
+        fields += [
+            ("ctf/type", "S9"),
+            ("ctf/exp_group_id", "<u4"),
+            ("ctf/accel_kv", "<f4"),
+            ("ctf/cs_mm", "<f4"),
+            ("ctf/amp_contrast", "<f4"),
+            ("ctf/df1_A", "<f4"),
+            ("ctf/df2_A", "<f4"),
+            ("ctf/df_angle_rad", "<f4"),
+            ("ctf/phase_shift_rad", "<f4"),
+        ]
+    if dataset.rotations is not None:
+        fields += [("alignments3D/shift", "<f4", (2,)), ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4")]
+    table = np.zeros(n, dtype=fields)
+    table["uid"] = np.arange(n, dtype=np.uint64)
+    table["blob/path"] = encoded
+    table["blob/idx"] = indices
+    table["blob/shape"] = dataset.box_size
+    table["blob/psize_A"] = dataset.pixel_size_in_angstroms
+    table["blob/sign"] = -1.0
+    if dataset.ctf is not None:
+        table["ctf/type"] = b"imported"
+        table["ctf/exp_group_id"] = np.array([g.number for g in dataset.optics_groups])[dataset.optics_group_indices]
+        table["ctf/accel_kv"] = dataset.ctf["voltage_in_kilovolts"]
+        table["ctf/cs_mm"] = dataset.ctf["spherical_aberration_in_millimeters"]
+        table["ctf/amp_contrast"] = dataset.ctf["amplitude_contrast_ratio"]
+        table["ctf/df1_A"] = dataset.ctf["defocus_u_in_angstroms"]
+        table["ctf/df2_A"] = dataset.ctf["defocus_v_in_angstroms"]
+        table["ctf/df_angle_rad"] = np.deg2rad(dataset.ctf["astigmatism_angle_in_degrees"])
+        table["ctf/phase_shift_rad"] = np.deg2rad(dataset.ctf["phase_shift_in_degrees"])
+    if dataset.rotations is not None:
+        shifts = dataset.shifts_in_angstroms if dataset.shifts_in_angstroms is not None else np.zeros((n, 2))
+        table["alignments3D/pose"] = np.asarray(matrix_to_axis_angle(np.swapaxes(dataset.rotations, -1, -2)))
+        table["alignments3D/shift"] = -shifts / dataset.pixel_size_in_angstroms
+        table["alignments3D/psize_A"] = dataset.pixel_size_in_angstroms
+    with open(path, "wb") as file:
+        np.save(file, table, allow_pickle=False)
+    return path

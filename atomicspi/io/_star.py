@@ -1,0 +1,474 @@
+"""RELION STAR particle files: 3.0 (one block) and 3.1/4/5 (data_optics + data_particles).
+
+Reading interprets the columns below and keeps every other particle column (`extra_columns`) and
+optics column (`OpticsGroup.extra`) for writing back. Writing produces RELION 3.1 files.
+
+- Images: `rlnImageName` = `N@path` (N from 1), path resolved against `datadir` when given, else
+  against the star file's folder (falling back to the bare file name in that folder).
+- Pixel size: 3.1 `rlnImagePixelSize` per optics group; 3.0 `rlnDetectorPixelSize` (µm) × 10⁴ /
+  `rlnMagnification`, or `rlnImagePixelSize`, or (neither) the stacks' headers. All particles must
+  share one pixel size and one box.
+- CTF: `rlnDefocusU`, `rlnDefocusV`, `rlnDefocusAngle` (°), `rlnPhaseShift` (°, default 0),
+  `rlnVoltage` (kV), `rlnSphericalAberration` (mm), `rlnAmplitudeContrast` (default 0.1, with a
+  warning, as RELION and cryoDRGN assume); from the optics group in 3.1, per particle in 3.0.
+- Poses: `rlnAngleRot`, `rlnAngleTilt`, `rlnAnglePsi` (°, RELION ZYZ) and
+  `rlnOriginXAngst`/`rlnOriginYAngst` (3.1) or `rlnOriginX`/`rlnOriginY` in pixels (3.0);
+  `shifts_in_angstroms = -origin`.
+- Beam tilt `rlnBeamTiltX`/`Y` (mrad) and `rlnOddZernike`/`rlnEvenZernike` are kept per optics group.
+"""
+
+import dataclasses
+import os
+import pathlib
+import warnings
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from ..microscope._rotations import euler_angles_to_matrix, matrix_to_euler_angles
+from ._dataset import OpticsGroup, ParticleDataset, group_optics
+from ._errors import InputError
+from ._mrc import ImageStacks, write_stack_in_chunks
+
+DEFAULT_AMPLITUDE_CONTRAST = 0.1
+
+_PARTICLE_COLUMNS = {
+    "rlnImageName",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnPhaseShift",
+    "rlnOpticsGroup",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnAnglePsi",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnOriginX",
+    "rlnOriginY",
+}
+_OPTICS_COLUMNS = {
+    "rlnOpticsGroup",
+    "rlnOpticsGroupName",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnBeamTiltX",
+    "rlnBeamTiltY",
+    "rlnOddZernike",
+    "rlnEvenZernike",
+}
+_RELION30_OPTICS_COLUMNS = _OPTICS_COLUMNS | {"rlnDetectorPixelSize", "rlnMagnification"}
+
+
+def _numeric(table: pd.DataFrame, column: str, path: pathlib.Path, block: str) -> np.ndarray:
+    """A column as float64, with a one-line error naming the first bad row."""
+    if column not in table.columns:
+        raise InputError(f"{path}: field {column}: missing from data_{block}")
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {raw.iloc[row]!r}, not a finite number")
+    return values
+
+
+def _uniform(values: np.ndarray, path: pathlib.Path, field: str, what: str) -> float:
+    if values.size and np.ptp(values) > 1e-4 * max(abs(float(values[0])), 1.0):
+        raise InputError(f"{path}: field {field}: particles disagree in {what} ({sorted(set(np.round(values, 6).tolist()))[:4]})")
+    return float(values[0])
+
+
+def _resolve_stacks(names: pd.Series, path: pathlib.Path, datadir: pathlib.Path | None):
+    """Split `N@file` names into stack numbers, indices and resolved stack paths."""
+    text = names.astype(str)
+    parts = text.str.partition("@")
+    has_at = parts[1] == "@"
+    numbers_text = parts[0].where(has_at, "1")
+    files = parts[2].where(has_at, text)
+    numbers = pd.to_numeric(numbers_text, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.round(numbers)) | (files.str.len() == 0).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: field rlnImageName: row {row + 1} is {text.iloc[row]!r}, not N@stack with N >= 1")
+    codes, uniques = pd.factorize(files)
+    base = datadir if datadir is not None else path.parent
+    stack_paths = []
+    for name in uniques:
+        relative = pathlib.Path(name)
+        candidates = [base / relative, base / relative.name]
+        if relative.is_absolute() and datadir is None:
+            candidates = [relative]
+        stack_paths.append(next((c for c in candidates if c.exists()), candidates[0]))
+    return stack_paths, codes, numbers.astype(np.int64) - 1
+
+
+def _parse_zernike(text, path: pathlib.Path, field: str) -> tuple[float, ...]:
+    text = str(text).strip()
+    if text in ("", "[]", "nan", "<NA>"):
+        return ()
+    try:
+        return tuple(float(x) for x in text.strip("[]").split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{path}: field {field}: {text!r} is not a list of numbers") from None
+
+
+def _read_blocks(path: pathlib.Path) -> dict[str, pd.DataFrame]:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except Exception as error:  # the parser's own errors: report as bad input
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{path}: STAR syntax: {first}") from None
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame):
+            duplicated = block.columns[block.columns.duplicated()]
+            if len(duplicated):
+                raise InputError(f"{path}: field {duplicated[0]}: column appears twice in data_{name}")
+    return blocks
+
+
+def _particle_block(blocks: dict, path: pathlib.Path) -> tuple[str, pd.DataFrame]:
+    loops = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
+    if "particles" in loops:
+        name = "particles"
+    elif len(loops) == 1:
+        name = next(iter(loops))
+    else:
+        candidates = [n for n, b in loops.items() if "rlnImageName" in b.columns and n != "optics"]
+        if len(candidates) != 1:
+            raise InputError(f"{path}: field data_particles: no single particle table among blocks {list(blocks)}")
+        name = candidates[0]
+    table = loops[name].reset_index(drop=True)
+    if "rlnImageName" not in table.columns:
+        raise InputError(f"{path}: field rlnImageName: missing from data_{name}")
+    if len(table) == 0:
+        raise InputError(f"{path}: field data_{name}: no particles")
+    return name, table
+
+
+def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ParticleDataset:
+    """Read a RELION particle STAR file (3.0, 3.1, 4, 5) without touching the image stacks.
+
+    **Arguments:**
+
+    - `path`: the `.star` file.
+    - `datadir`: folder against which image paths are resolved instead of the star file's folder.
+
+    **Returns:**
+
+    A `ParticleDataset` (call `check_images()`, or use `load_particles`, to check the stacks).
+    Raises `InputError` naming the file and the field on any inconsistency.
+    """
+    path = pathlib.Path(path)
+    datadir = None if datadir is None else pathlib.Path(datadir)
+    blocks = _read_blocks(path)
+    block_name, table = _particle_block(blocks, path)
+    optics = blocks.get("optics")
+    if optics is not None and not isinstance(optics, pd.DataFrame):
+        optics = pd.DataFrame([optics])
+    if optics is None and "rlnOpticsGroup" in table.columns and "rlnOriginXAngst" in table.columns:
+        raise InputError(f"{path}: field data_optics: RELION 3.1 particles (rlnOpticsGroup) without an optics table")
+    n = len(table)
+    stack_paths, stack_numbers, image_indices = _resolve_stacks(table["rlnImageName"], path, datadir)
+    images = ImageStacks(stack_paths, stack_numbers, image_indices, path, "rlnImageName")
+    has_ctf = "rlnDefocusU" in table.columns
+
+    if optics is not None:
+        groups, group_indices = _optics_groups_31(optics, table, path, block_name)
+        used = np.unique(group_indices)
+        pixel_sizes = np.array([groups[i].pixel_size_in_angstroms for i in used], dtype=np.float64)
+        if np.isnan(pixel_sizes).any():
+            raise InputError(f"{path}: field rlnImagePixelSize: missing from data_optics")
+        pixel_size = _uniform(pixel_sizes, path, "rlnImagePixelSize", "pixel size between optics groups")
+        boxes = {groups[i].box_size for i in used}
+        if len(boxes) > 1:
+            raise InputError(f"{path}: field rlnImageSize: optics groups have different box sizes {sorted(boxes)}")
+        box_size = boxes.pop()
+        table_of = lambda attribute: np.array([getattr(g, attribute) for g in groups])[group_indices]  # noqa: E731
+        voltage = table_of("voltage_in_kilovolts")
+        cs = table_of("spherical_aberration_in_millimeters")
+        q0 = table_of("amplitude_contrast_ratio")
+        if has_ctf and (np.isnan(voltage).any() or np.isnan(cs).any()):
+            missing = "rlnVoltage" if np.isnan(voltage).any() else "rlnSphericalAberration"
+            raise InputError(f"{path}: field {missing}: missing from data_optics")
+        consumed = _PARTICLE_COLUMNS
+    else:
+        pixel_size = _pixel_size_30(table, path, block_name)
+        box_size = int(_uniform(_numeric(table, "rlnImageSize", path, block_name), path, "rlnImageSize", "box size")) if "rlnImageSize" in table.columns else None
+        voltage = cs = q0 = None
+        if has_ctf:
+            voltage = _numeric(table, "rlnVoltage", path, block_name)
+            cs = _numeric(table, "rlnSphericalAberration", path, block_name)
+            q0 = _amplitude_contrast(table, path, block_name)
+            tilt = np.zeros((n, 2))
+            if "rlnBeamTiltX" in table.columns or "rlnBeamTiltY" in table.columns:
+                tilt = np.column_stack([_numeric(table, c, path, block_name) for c in ("rlnBeamTiltX", "rlnBeamTiltY")])
+            groups, group_indices = group_optics(np.ones(n), {}, pixel_size, box_size, voltage, cs, q0, tilt)
+        else:
+            groups = (OpticsGroup(1, "opticsGroup1", pixel_size, box_size, np.nan, np.nan, np.nan),)
+            group_indices = np.zeros(n, dtype=np.int64)
+        consumed = _PARTICLE_COLUMNS | _RELION30_OPTICS_COLUMNS | {"rlnImageSize"}
+
+    ctf = None
+    if has_ctf:
+        phase = _numeric(table, "rlnPhaseShift", path, block_name) if "rlnPhaseShift" in table.columns else np.zeros(n)
+        ctf = {
+            "defocus_u_in_angstroms": _numeric(table, "rlnDefocusU", path, block_name),
+            "defocus_v_in_angstroms": _numeric(table, "rlnDefocusV", path, block_name),
+            "astigmatism_angle_in_degrees": _numeric(table, "rlnDefocusAngle", path, block_name),
+            "voltage_in_kilovolts": np.asarray(voltage, dtype=np.float64),
+            "spherical_aberration_in_millimeters": np.asarray(cs, dtype=np.float64),
+            "amplitude_contrast_ratio": np.asarray(q0, dtype=np.float64),
+            "phase_shift_in_degrees": phase,
+        }
+        if np.any(ctf["voltage_in_kilovolts"] <= 0):
+            raise InputError(f"{path}: field rlnVoltage: must be positive")
+
+    rotations, shifts = _poses(table, path, block_name, pixel_size, optics is not None)
+    extra = {c: table[c].to_numpy() for c in table.columns if c not in consumed}
+    return ParticleDataset(
+        image_stacks=images,
+        pixel_size_in_angstroms=pixel_size,
+        box_size=box_size,
+        ctf=ctf,
+        optics_groups=tuple(groups),
+        optics_group_indices=np.asarray(group_indices, dtype=np.int64),
+        rotations=rotations,
+        shifts_in_angstroms=shifts,
+        extra_columns=extra,
+        source=path,
+    )
+
+
+def _amplitude_contrast(table: pd.DataFrame, path: pathlib.Path, block: str) -> np.ndarray:
+    if "rlnAmplitudeContrast" in table.columns:
+        return _numeric(table, "rlnAmplitudeContrast", path, block)
+    warnings.warn(
+        f"{path}: rlnAmplitudeContrast absent, using {DEFAULT_AMPLITUDE_CONTRAST}", stacklevel=3
+    )
+    return np.full(len(table), DEFAULT_AMPLITUDE_CONTRAST)
+
+
+def _pixel_size_30(table: pd.DataFrame, path: pathlib.Path, block: str) -> float | None:
+    if "rlnImagePixelSize" in table.columns:
+        values = _numeric(table, "rlnImagePixelSize", path, block)
+        field = "rlnImagePixelSize"
+    elif "rlnDetectorPixelSize" in table.columns or "rlnMagnification" in table.columns:
+        detector = _numeric(table, "rlnDetectorPixelSize", path, block)
+        magnification = _numeric(table, "rlnMagnification", path, block)
+        if np.any(magnification <= 0):
+            raise InputError(f"{path}: field rlnMagnification: must be positive")
+        values = detector * 1e4 / magnification
+        field = "rlnDetectorPixelSize"
+    else:
+        return None
+    pixel_size = _uniform(values, path, field, "pixel size")
+    if not pixel_size > 0:
+        raise InputError(f"{path}: field {field}: pixel size must be positive")
+    return pixel_size
+
+
+def _optics_groups_31(optics: pd.DataFrame, table: pd.DataFrame, path: pathlib.Path, block: str):
+    optics = optics.reset_index(drop=True)
+    numbers = _numeric(optics, "rlnOpticsGroup", path, "optics").astype(np.int64)
+    if len(set(numbers.tolist())) != len(numbers):
+        raise InputError(f"{path}: field rlnOpticsGroup: optics group numbers repeat in data_optics")
+    optional = lambda column: _numeric(optics, column, path, "optics") if column in optics.columns else np.full(len(optics), np.nan)  # noqa: E731
+    pixel = optional("rlnImagePixelSize")
+    box = optional("rlnImageSize")
+    voltage = optional("rlnVoltage")
+    cs = optional("rlnSphericalAberration")
+    q0 = optional("rlnAmplitudeContrast") if "rlnAmplitudeContrast" in optics.columns else None
+    if q0 is None:
+        q0 = _amplitude_contrast(optics, path, "optics")
+    tilt_x = optional("rlnBeamTiltX") if "rlnBeamTiltX" in optics.columns else np.zeros(len(optics))
+    tilt_y = optional("rlnBeamTiltY") if "rlnBeamTiltY" in optics.columns else np.zeros(len(optics))
+    extra_columns = [c for c in optics.columns if c not in _OPTICS_COLUMNS]
+    groups = []
+    for row in range(len(optics)):
+        groups.append(
+            OpticsGroup(
+                number=int(numbers[row]),
+                name=str(optics["rlnOpticsGroupName"].iloc[row]) if "rlnOpticsGroupName" in optics.columns else f"opticsGroup{numbers[row]}",
+                pixel_size_in_angstroms=float(pixel[row]),
+                box_size=None if np.isnan(box[row]) else int(box[row]),
+                voltage_in_kilovolts=float(voltage[row]),
+                spherical_aberration_in_millimeters=float(cs[row]),
+                amplitude_contrast_ratio=float(q0[row]),
+                beam_tilt_in_milliradians=(float(tilt_x[row]), float(tilt_y[row])),
+                odd_zernike=_parse_zernike(optics["rlnOddZernike"].iloc[row], path, "rlnOddZernike") if "rlnOddZernike" in optics.columns else (),
+                even_zernike=_parse_zernike(optics["rlnEvenZernike"].iloc[row], path, "rlnEvenZernike") if "rlnEvenZernike" in optics.columns else (),
+                extra=tuple((c, str(optics[c].iloc[row])) for c in extra_columns),
+            )
+        )
+    if "rlnOpticsGroup" in table.columns:
+        labels = _numeric(table, "rlnOpticsGroup", path, block).astype(np.int64)
+    elif len(groups) == 1:
+        labels = np.full(len(table), groups[0].number)
+    else:
+        raise InputError(f"{path}: field rlnOpticsGroup: missing from data_{block} with {len(groups)} optics groups")
+    position = {number: i for i, number in enumerate(numbers.tolist())}
+    missing = sorted(set(np.unique(labels).tolist()) - set(position))
+    if missing:
+        raise InputError(f"{path}: field rlnOpticsGroup: particles refer to optics group {missing[0]}, absent from data_optics")
+    return tuple(groups), np.array([position[label] for label in labels.tolist()], dtype=np.int64)
+
+
+def _poses(table, path, block, pixel_size, relion31):
+    angle_columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    present = [c for c in angle_columns if c in table.columns]
+    rotations = None
+    if present:
+        angles = np.column_stack([_numeric(table, c, path, block) for c in angle_columns])
+        rotations = np.asarray(euler_angles_to_matrix(angles), dtype=np.float64)
+    if "rlnOriginXAngst" in table.columns or "rlnOriginYAngst" in table.columns:
+        origins = np.column_stack([_numeric(table, c, path, block) for c in ("rlnOriginXAngst", "rlnOriginYAngst")])
+    elif "rlnOriginX" in table.columns or "rlnOriginY" in table.columns:
+        origins = np.column_stack([_numeric(table, c, path, block) for c in ("rlnOriginX", "rlnOriginY")])
+        if pixel_size is None:
+            raise InputError(f"{path}: field rlnOriginX: origins in pixels but no pixel size (rlnDetectorPixelSize, rlnMagnification)")
+        origins = origins * pixel_size
+    elif rotations is not None:
+        origins = np.zeros((len(table), 2))
+    else:
+        return None, None
+    return rotations, -origins
+
+
+
+def _relative(target: pathlib.Path, folder: pathlib.Path) -> str:
+    try:
+        return os.path.relpath(pathlib.Path(target).resolve(), folder.resolve())
+    except ValueError:  # another drive
+        return str(pathlib.Path(target).resolve())
+
+
+def consistent_optics(dataset: ParticleDataset) -> ParticleDataset:
+    """The dataset with optics groups split where per-particle CTF optics disagree with their group."""
+    if dataset.ctf is None:
+        return dataset
+    groups, indices = dataset.optics_groups, dataset.optics_group_indices
+    table = np.array(
+        [[g.voltage_in_kilovolts, g.spherical_aberration_in_millimeters, g.amplitude_contrast_ratio] for g in groups]
+    )[indices]
+    per_particle = np.column_stack(
+        [dataset.ctf[k] for k in ("voltage_in_kilovolts", "spherical_aberration_in_millimeters", "amplitude_contrast_ratio")]
+    )
+    if np.array_equal(table, per_particle):
+        return dataset
+    labels = np.array([g.number for g in groups])[indices]
+    groups, indices = group_optics(
+        labels,
+        {g.number: g.name for g in groups},
+        dataset.pixel_size_in_angstroms,
+        dataset.box_size,
+        per_particle[:, 0],
+        per_particle[:, 1],
+        per_particle[:, 2],
+        dataset.beam_tilt_in_milliradians,
+        template={g.number: g for g in dataset.optics_groups},
+    )
+    return dataclasses.replace(dataset, optics_groups=groups, optics_group_indices=indices)
+
+
+def _format_zernike(values: tuple[float, ...]) -> str:
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
+def write_relion_star(
+    path: str | os.PathLike,
+    dataset: ParticleDataset,
+    stack_path: str | os.PathLike | None = None,
+) -> pathlib.Path:
+    """Write particles as a RELION 3.1 STAR file (data_optics + data_particles).
+
+    **Arguments:**
+
+    - `path`: the `.star` file to write (overwritten).
+    - `dataset`: a `ParticleDataset` (see `particle_dataset_from_arrays` for arrays in memory).
+    - `stack_path`: when given, the images are copied there (streamed in chunks) and the star
+      file refers to it; otherwise it refers to the dataset's existing stacks.
+
+    **Returns:**
+
+    The path written. Image paths are written relative to the star file's folder; shifts as
+    `rlnOriginXAngst/YAngst = -shifts_in_angstroms`; rotations as RELION Euler angles.
+    """
+    path = pathlib.Path(path)
+    if dataset.pixel_size_in_angstroms is None or dataset.box_size is None:
+        dataset = dataset.check_images()
+    dataset = consistent_optics(dataset)
+    n = len(dataset)
+    if stack_path is not None:
+        stack_path = pathlib.Path(stack_path)
+        chunk = max(1, 2**24 // (4 * dataset.box_size**2))
+        write_stack_in_chunks(
+            stack_path,
+            (dataset.images(np.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)),
+            n,
+            dataset.box_size,
+            dataset.pixel_size_in_angstroms,
+        )
+        names = [f"{i + 1:06d}@{_relative(stack_path, path.parent)}" for i in range(n)]
+    else:
+        stacks = [_relative(p, path.parent) for p in dataset.image_stacks.stack_paths]
+        names = [
+            f"{index + 1:06d}@{stacks[number]}"
+            for number, index in zip(dataset.image_stacks.stack_numbers.tolist(), dataset.image_stacks.image_indices.tolist())
+        ]
+
+    groups = dataset.optics_groups
+    optics = {
+        "rlnOpticsGroup": [g.number for g in groups],
+        "rlnOpticsGroupName": [g.name for g in groups],
+        "rlnImagePixelSize": [dataset.pixel_size_in_angstroms] * len(groups),
+        "rlnImageSize": [dataset.box_size] * len(groups),
+        "rlnImageDimensionality": [2] * len(groups),
+    }
+    for column, attribute in (
+        ("rlnVoltage", "voltage_in_kilovolts"),
+        ("rlnSphericalAberration", "spherical_aberration_in_millimeters"),
+        ("rlnAmplitudeContrast", "amplitude_contrast_ratio"),
+    ):
+        values = [getattr(g, attribute) for g in groups]
+        if np.all(np.isfinite(values)):
+            optics[column] = values
+    if any(g.beam_tilt_in_milliradians != (0.0, 0.0) for g in groups):
+        optics["rlnBeamTiltX"] = [g.beam_tilt_in_milliradians[0] for g in groups]
+        optics["rlnBeamTiltY"] = [g.beam_tilt_in_milliradians[1] for g in groups]
+    if any(g.odd_zernike for g in groups):
+        optics["rlnOddZernike"] = [_format_zernike(g.odd_zernike) for g in groups]
+    if any(g.even_zernike for g in groups):
+        optics["rlnEvenZernike"] = [_format_zernike(g.even_zernike) for g in groups]
+    for column in dict.fromkeys(c for g in groups for c, _ in g.extra):
+        optics[column] = [dict(g.extra).get(column, "") for g in groups]
+
+    particles = {"rlnImageName": names}
+    if dataset.ctf is not None:
+        particles["rlnDefocusU"] = dataset.ctf["defocus_u_in_angstroms"]
+        particles["rlnDefocusV"] = dataset.ctf["defocus_v_in_angstroms"]
+        particles["rlnDefocusAngle"] = dataset.ctf["astigmatism_angle_in_degrees"]
+        particles["rlnPhaseShift"] = dataset.ctf["phase_shift_in_degrees"]
+    particles["rlnOpticsGroup"] = np.array([g.number for g in groups])[dataset.optics_group_indices]
+    if dataset.rotations is not None:
+        angles = np.asarray(matrix_to_euler_angles(dataset.rotations), dtype=np.float64)
+        particles["rlnAngleRot"], particles["rlnAngleTilt"], particles["rlnAnglePsi"] = angles.T
+    if dataset.shifts_in_angstroms is not None:
+        particles["rlnOriginXAngst"] = -dataset.shifts_in_angstroms[:, 0]
+        particles["rlnOriginYAngst"] = -dataset.shifts_in_angstroms[:, 1]
+    for column, values in dataset.extra_columns.items():
+        if column not in particles:
+            particles[column] = values
+    starfile.write(
+        {"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)}, path, float_format="%.6f"
+    )
+    return path
