@@ -1,0 +1,253 @@
+"""Per-particle posterior draws of collective variables, read from an inference output folder.
+
+The folder (written by `python -m atomicspi.infer`) holds `posterior.nc` (ArviZ InferenceData whose
+`posterior` group has per-particle variables with dims (chain, draw, particle, ...), e.g.
+`amplitudes` of normal modes or `z` of a decoder's latent), `run.json` (with
+`samples_per_particle`), `topology.pdb` and `ensemble_samples.dcd` (S posterior draws of the atomic
+model per particle, particle-major) and `ensemble_mean.dcd` (posterior mean per particle).
+
+Collective-variable specifications (indices 0-based):
+
+- `mode:K` — amplitude of normal mode K (posterior variable `amplitudes`);
+- `latent:K` — component K of the latent `z`;
+- `pc:K` — principal component K of the latent (`z`, else `amplitudes`) over all draws;
+- `distance:I,J` — distance between atoms I and J of `topology.pdb`, in Å, on `ensemble_samples.dcd`;
+- `angle:I,J,K` — angle I–J–K in degrees, on `ensemble_samples.dcd`;
+- `rmsd:PATH` — Cα RMSD in Å (after superposition) to the structure in PATH, on `ensemble_samples.dcd`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from ..io._errors import InputError
+
+__all__ = [
+    "RunCollectiveVariables",
+    "default_collective_variable",
+    "load_run_collective_variables",
+    "load_samples_trajectory",
+]
+
+_POSTERIOR_KINDS = {"mode": "amplitudes", "latent": "z"}
+_STRUCTURAL_KINDS = ("distance", "angle", "rmsd")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCollectiveVariables:
+    """Draws of 1 or 2 collective variables for every particle of a run.
+
+    **Fields:**
+
+    - `draws`: `(n_particles, n_draws)` for one CV, `(n_particles, n_draws, 2)` for two.
+    - `names`, `units`: per CV (unit `""` when dimensionless or unknown).
+    - `specifications`: the `--cv` strings.
+    - `frames_are_samples`: True when draw s of particle i is frame `i * n_draws + s` of
+      `ensemble_samples.dcd` (structural CVs only).
+    """
+
+    draws: np.ndarray
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    specifications: tuple[str, ...]
+    frames_are_samples: bool
+
+
+def default_collective_variable(output_dir: str | pathlib.Path) -> str:
+    """`mode:0` when the posterior has `amplitudes`, else `pc:0` of the latent `z`."""
+    posterior = _open_posterior(pathlib.Path(output_dir))
+    if "amplitudes" in posterior:
+        return "mode:0"
+    if "z" in posterior:
+        return "pc:0"
+    raise InputError(f"{pathlib.Path(output_dir) / 'posterior.nc'}: posterior has neither 'amplitudes' nor 'z'")
+
+
+def load_run_collective_variables(
+    output_dir: str | pathlib.Path, cv: str | list[str] | tuple[str, ...]
+) -> RunCollectiveVariables:
+    """Per-particle posterior draws of 1 or 2 collective variables of an inference run.
+
+    **Arguments:**
+
+    - `output_dir`: the run's output folder.
+    - `cv`: one specification or a list of two (see the module docstring), e.g. `"mode:0"`,
+      `["distance:10,200", "rmsd:open.pdb"]`.
+
+    **Returns:** `RunCollectiveVariables`. Raises `atomicspi.io.InputError` (one line naming the
+    file and field) for a missing folder or file, or a bad specification.
+    """
+    output_dir = pathlib.Path(output_dir)
+    if not output_dir.is_dir():
+        raise InputError(f"{output_dir}: no such output folder")
+    specifications = (cv,) if isinstance(cv, str) else tuple(cv)
+    if len(specifications) not in (1, 2):
+        raise InputError(f"--cv: give one or two collective variables, got {len(specifications)}")
+    parsed = [_parse(specification) for specification in specifications]
+    if any(kind in _STRUCTURAL_KINDS for kind, _ in parsed) and any(
+        kind not in _STRUCTURAL_KINDS for kind, _ in parsed
+    ):
+        raise InputError(
+            "--cv: structural (distance, angle, rmsd) and posterior (mode, latent, pc) variables come from "
+            "different draws and cannot be combined"
+        )
+    columns, names, units = [], [], []
+    for specification, (kind, argument) in zip(specifications, parsed):
+        if kind in _STRUCTURAL_KINDS:
+            values, name, unit = _structural(output_dir, specification, kind, argument)
+        else:
+            values, name, unit = _posterior_component(output_dir, specification, kind, argument)
+        columns.append(values)
+        names.append(name)
+        units.append(unit)
+    draws = columns[0] if len(columns) == 1 else np.stack(columns, axis=-1)
+    return RunCollectiveVariables(
+        draws=draws,
+        names=tuple(names),
+        units=tuple(units),
+        specifications=specifications,
+        frames_are_samples=parsed[0][0] in _STRUCTURAL_KINDS,
+    )
+
+
+def _parse(specification: str):
+    kind, separator, argument = specification.partition(":")
+    if not separator or not argument:
+        raise InputError(f"--cv {specification!r}: expected KIND:ARGUMENT (mode:K, latent:K, pc:K, distance:I,J, angle:I,J,K, rmsd:PATH)")
+    if kind == "rmsd":
+        return kind, argument
+    expected = {"mode": 1, "latent": 1, "pc": 1, "distance": 2, "angle": 3}.get(kind)
+    if expected is None:
+        raise InputError(f"--cv {specification!r}: unknown kind {kind!r} (mode, latent, pc, distance, angle, rmsd)")
+    try:
+        indices = [int(part) for part in argument.split(",")]
+    except ValueError:
+        raise InputError(f"--cv {specification!r}: indices must be integers") from None
+    if len(indices) != expected or min(indices) < 0:
+        raise InputError(f"--cv {specification!r}: {kind} takes {expected} non-negative integer index(es)")
+    return kind, indices
+
+
+def _open_posterior(output_dir: pathlib.Path):
+    import xarray
+
+    path = output_dir / "posterior.nc"
+    if not output_dir.is_dir():
+        raise InputError(f"{output_dir}: no such output folder")
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with xarray.open_dataset(path, group="posterior", engine="h5netcdf") as dataset:
+            return dataset.load()
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read the 'posterior' group ({str(error).splitlines()[0]})") from None
+
+
+def _per_particle(posterior, name: str, path: pathlib.Path, specification: str) -> tuple[np.ndarray, str]:
+    if name not in posterior:
+        raise InputError(f"{path}: posterior has no variable {name!r} (needed for --cv {specification})")
+    variable = posterior[name]
+    if variable.dims[:3] != ("chain", "draw", "particle"):
+        raise InputError(f"{path}: variable {name!r} has dims {variable.dims}, expected (chain, draw, particle, ...)")
+    values = np.asarray(variable.values, dtype=float)
+    values = values.reshape(values.shape[0] * values.shape[1], values.shape[2], -1).transpose(1, 0, 2)
+    return values, str(variable.attrs.get("units", ""))
+
+
+def _posterior_component(output_dir, specification, kind, argument):
+    path = output_dir / "posterior.nc"
+    posterior = _open_posterior(output_dir)
+    component = argument[0]
+    if kind == "pc":
+        name = "z" if "z" in posterior else "amplitudes"
+        values, unit = _per_particle(posterior, name, path, specification)
+        values = _principal_components(values)
+        label = f"PC{component} of {name}"
+    else:
+        name = _POSTERIOR_KINDS[kind]
+        values, unit = _per_particle(posterior, name, path, specification)
+        label = f"mode {component} amplitude" if kind == "mode" else f"latent z[{component}]"
+    if component >= values.shape[-1]:
+        raise InputError(f"{path}: --cv {specification}: {name!r} has only {values.shape[-1]} components")
+    return values[..., component], label, unit
+
+
+def _principal_components(values: np.ndarray) -> np.ndarray:
+    """Project draws `(n_particles, n_draws, n_components)` on the principal axes of all draws."""
+    flat = values.reshape(-1, values.shape[-1])
+    centred = flat - flat.mean(axis=0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    # A sign convention: the largest loading of each axis is positive.
+    signs = np.sign(axes[np.arange(len(axes)), np.argmax(np.abs(axes), axis=1)])
+    return (centred @ (axes * signs[:, None]).T).reshape(values.shape[:2] + (len(axes),))
+
+
+def _samples_per_particle(output_dir: pathlib.Path) -> int:
+    path = output_dir / "run.json"
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        record = json.loads(path.read_text())
+        value = int(record["samples_per_particle"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: field 'samples_per_particle' missing or not an integer") from None
+    if value < 1:
+        raise InputError(f"{path}: field 'samples_per_particle' must be positive, got {value}")
+    return value
+
+
+def load_samples_trajectory(output_dir: pathlib.Path):
+    """`ensemble_samples.dcd` on `topology.pdb` as an mdtraj trajectory, and S (draws per particle)."""
+    import mdtraj
+
+    topology = output_dir / "topology.pdb"
+    samples = output_dir / "ensemble_samples.dcd"
+    for path in (topology, samples):
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+    n_draws = _samples_per_particle(output_dir)
+    trajectory = mdtraj.load(str(samples), top=str(topology))
+    if trajectory.n_frames % n_draws:
+        raise InputError(
+            f"{samples}: {trajectory.n_frames} frames is not a multiple of samples_per_particle = {n_draws}"
+        )
+    return trajectory, n_draws
+
+
+def _structural(output_dir, specification, kind, argument):
+    import mdtraj
+
+    trajectory, n_draws = load_samples_trajectory(output_dir)
+    n_atoms = trajectory.n_atoms
+    if kind in ("distance", "angle"):
+        if max(argument) >= n_atoms:
+            raise InputError(
+                f"{output_dir / 'topology.pdb'}: --cv {specification}: atom index out of range (n_atoms = {n_atoms})"
+            )
+        if kind == "distance":
+            values = 10.0 * mdtraj.compute_distances(trajectory, [argument])[:, 0]
+            name, unit = f"distance atoms {argument[0]}–{argument[1]}", "Å"
+        else:
+            values = np.degrees(mdtraj.compute_angles(trajectory, [argument])[:, 0])
+            name, unit = f"angle atoms {argument[0]}–{argument[1]}–{argument[2]}", "°"
+    else:
+        reference_path = pathlib.Path(argument)
+        if not reference_path.is_file():
+            raise InputError(f"{reference_path}: file not found (--cv {specification})")
+        try:
+            reference = mdtraj.load(str(reference_path))
+        except Exception as error:  # mdtraj raises many types for unreadable files
+            raise InputError(f"{reference_path}: cannot read structure ({str(error).splitlines()[0]})") from None
+        ours = trajectory.topology.select("name CA")
+        theirs = reference.topology.select("name CA")
+        if len(ours) == 0 or len(ours) != len(theirs):
+            raise InputError(
+                f"{reference_path}: {len(theirs)} Cα atoms, the run's topology.pdb has {len(ours)} (must match, > 0)"
+            )
+        values = 10.0 * mdtraj.rmsd(trajectory, reference, 0, atom_indices=ours, ref_atom_indices=theirs)
+        name, unit = f"Cα RMSD to {reference_path.name}", "Å"
+    return values.reshape(-1, n_draws).astype(float), name, unit
