@@ -249,3 +249,38 @@ def test_config_defaults_and_relative_paths(tmp_path, example_structure_path):
     assert config.batch_size == 16 and config.num_steps == 2000 and config.learning_rate == 1e-3
     assert config.coarse_grain == "calpha" and config.n_particles is None
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_for_step_covers_each_epoch_and_reads_ahead(formats):
+    dataset = io.load_particles(formats / "toy_projections.star")
+    reference = dataset.images()
+    per_epoch = 1000 // 64
+    first_epoch = []
+    for step in range(per_epoch + 1):
+        batch = dataset.batch_for_step(step, 64, seed=5)
+        assert batch.images.shape == (64, 30, 30)
+        np.testing.assert_array_equal(batch.images, reference[batch.indices])
+        first_epoch.append(batch.indices)
+    covered = np.concatenate(first_epoch[:per_epoch])
+    assert len(set(covered.tolist())) == per_epoch * 64
+    # Step `per_epoch` opens epoch 1, the same permutation `minibatches(seed, epoch=1)` streams.
+    epoch_one = next(iter(dataset.minibatches(64, seed=5, epoch=1, prefetch=0)))
+    np.testing.assert_array_equal(first_epoch[per_epoch], epoch_one.indices)
+    # Asking for an earlier step again (no read-ahead for it) gives the same batch.
+    np.testing.assert_array_equal(dataset.batch_for_step(3, 64, seed=5).indices, first_epoch[3])
+
+
+def test_write_particles_star_from_memory(tmp_path):
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(4, 12, 12)).astype(np.float32)
+    ctf = {name: np.full(4, 0.1) for name in io.CTF_FIELDS}
+    ctf["defocus_u_in_angstroms"] = rng.uniform(1e4, 2e4, 4)
+    rotations = Rotation.random(4, random_state=3).as_matrix()
+    shifts = rng.normal(size=(4, 2))
+    io.write_particles_star(tmp_path / "p.star", images, tmp_path / "p.mrcs", 2.0, ctf, rotations, shifts)
+    dataset = io.load_particles(tmp_path / "p.star")
+    np.testing.assert_array_equal(dataset.images(), images)
+    np.testing.assert_allclose(dataset.defocus_u_in_angstroms, ctf["defocus_u_in_angstroms"], rtol=1e-6)
+    np.testing.assert_allclose(dataset.rotations, rotations, atol=1e-5)
+    np.testing.assert_allclose(dataset.shifts_in_angstroms, shifts, atol=1e-6)
+    assert dataset.pixel_size_in_angstroms == 2.0

@@ -30,4 +30,8 @@ from ._mrc import (
     write_stack as write_stack,
     write_stack_in_chunks as write_stack_in_chunks,
 )
-from ._star import read_relion_star as read_relion_star, write_relion_star as write_relion_star
+from ._star import (
+    read_relion_star as read_relion_star,
+    write_particles_star as write_particles_star,
+    write_relion_star as write_relion_star,
+)

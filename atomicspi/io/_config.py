@@ -11,6 +11,7 @@ from ._errors import InputError
 MODELS = ("nma", "deformation", "homogeneous")
 POSE_MODES = ("given", "infer")
 COARSE_GRAININGS = ("calpha", "backbone", "heavy_atoms", "all_atoms")
+OUTPUT_ATOMS = ("heavy", "all")
 _PARTICLE_SUFFIXES = (".star", ".cs", ".mrcs", ".mrc")
 
 
@@ -40,6 +41,7 @@ class DatasetConfig:
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
     - `device_count` (None = all visible devices).
+    - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"` or `"all"`.
     """
 
     particles: pathlib.Path
@@ -62,6 +64,7 @@ class DatasetConfig:
     checkpoint_every: int = 200
     n_particles: int | None = None
     device_count: int | None = None
+    output_atoms: str = "heavy"
 
 
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
@@ -110,8 +113,8 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
             if not isinstance(values[key], str) or not values[key].strip():
                 raise InputError(f"{path}: field {key}: must be a path, got {values[key]!r}")
             values[key] = folder / pathlib.Path(values[key]).expanduser()
-    for key in ("model", "poses", "coarse_grain"):
-        allowed = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS}[key]
+    choices = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS, "output_atoms": OUTPUT_ATOMS}
+    for key, allowed in choices.items():
         if key in values and values[key] not in allowed:
             raise InputError(f"{path}: field {key}: {values[key]!r} is not one of {', '.join(allowed)}")
     for key in _POSITIVE_INTEGERS:

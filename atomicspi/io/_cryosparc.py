@@ -28,9 +28,8 @@ def _load_table(path: pathlib.Path) -> np.ndarray:
         raise InputError(f"{path}: file not found")
     try:
         table = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"{path}: table: not a readable cryoSPARC .cs file ({first})") from None
+    except (ValueError, OSError, EOFError):
+        raise InputError(f"{path}: table: not a cryoSPARC .cs file (a numpy structured array without Python objects)") from None
     if not isinstance(table, np.ndarray) or table.dtype.names is None or table.ndim != 1:
         raise InputError(f"{path}: table: not a cryoSPARC structured array")
     if len(table) == 0:

@@ -96,7 +96,7 @@ class _MappedStack:
         self._image_bytes = d * d * header.dtype.itemsize
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        images = self._images[indices].astype(np.float32)
+        images = self._images[indices].astype(np.float32, copy=False)
         start = self.header.data_offset + int(indices.min()) * self._image_bytes
         stop = self.header.data_offset + (int(indices.max()) + 1) * self._image_bytes
         start -= start % mmap.PAGESIZE

@@ -27,9 +27,9 @@ import pandas as pd
 import starfile
 
 from ..microscope._rotations import euler_angles_to_matrix, matrix_to_euler_angles
-from ._dataset import OpticsGroup, ParticleDataset, group_optics
+from ._dataset import OpticsGroup, ParticleDataset, group_optics, particle_dataset_from_arrays
 from ._errors import InputError
-from ._mrc import ImageStacks, write_stack_in_chunks
+from ._mrc import ImageStacks, write_stack, write_stack_in_chunks
 
 DEFAULT_AMPLITUDE_CONTRAST = 0.1
 
@@ -74,7 +74,10 @@ def _numeric(table: pd.DataFrame, column: str, path: pathlib.Path, block: str) -
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {raw.iloc[row]!r}, not a finite number")
+        value = raw.iloc[row]
+        if pd.isna(value):
+            raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} has no value (short row)")
+        raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {str(value)!r}, not a finite number")
     return values
 
 
@@ -472,3 +475,30 @@ def write_relion_star(
         {"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)}, path, float_format="%.6f"
     )
     return path
+
+
+def write_particles_star(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    stack_path: str | os.PathLike,
+    pixel_size_in_angstroms: float,
+    ctf: dict | None = None,
+    rotations: np.ndarray | None = None,
+    shifts_in_angstroms: np.ndarray | None = None,
+) -> pathlib.Path:
+    """Write images held in memory and their metadata as an `.mrcs` stack and a RELION 3.1 star file.
+
+    **Arguments:**
+
+    - `path`: the `.star` file; `stack_path`: the `.mrcs` file (both overwritten).
+    - `images`: `(n, D, D)` images indexed `[y, x]`; `pixel_size_in_angstroms`: their pixel size.
+    - `ctf`: dict with (at least) the arrays named in `CTF_FIELDS`, or None.
+    - `rotations`: `(n, 3, 3)` RELION matrices `A`; `shifts_in_angstroms`: `(n, 2)`; or None.
+
+    **Returns:**
+
+    The star file's path.
+    """
+    write_stack(stack_path, images, pixel_size_in_angstroms)
+    dataset = particle_dataset_from_arrays(stack_path, pixel_size_in_angstroms, ctf, rotations, shifts_in_angstroms)
+    return write_relion_star(path, dataset)

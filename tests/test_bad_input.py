@@ -1,0 +1,366 @@
+"""Malformed inputs: each raises InputError with a one-line message naming the file and the field.
+
+NaN/Inf images are detected when the images holding them are read (`images`, `batch`,
+`minibatches`), not by a separate pass: the message names the stack and the image.
+"""
+import os
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+
+import atomicspi.io as io
+
+COLUMNS = [
+    "rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnOpticsGroup",
+    "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+]
+OPTICS_COLUMNS = [
+    "rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize", "rlnImageSize",
+    "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+]
+
+
+def stack(folder: pathlib.Path, name="s.mrcs", n=3, box=8, pixel_size=1.5, values=None):
+    images = np.random.default_rng(0).normal(size=(n, box, box)).astype(np.float32) if values is None else values
+    return io.write_stack(folder / name, images, pixel_size)
+
+
+def star(folder: pathlib.Path, rows=None, columns=None, optics_rows=None, optics_columns=None, name="p.star"):
+    columns = COLUMNS if columns is None else columns
+    optics_columns = OPTICS_COLUMNS if optics_columns is None else optics_columns
+    optics_rows = ["1 og1 1.5 8 300 2.7 0.1"] if optics_rows is None else optics_rows
+    rows = [f"{i}@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5" for i in (1, 2, 3)] if rows is None else rows
+    text = "data_optics\n\nloop_\n" + "".join(f"_{c}\n" for c in optics_columns) + "\n".join(optics_rows)
+    text += "\n\ndata_particles\n\nloop_\n" + "".join(f"_{c}\n" for c in columns) + "\n".join(rows) + "\n"
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def cs(folder: pathlib.Path, drop=(), name="p.cs", shapes=None, defocus=None):
+    fields = [
+        ("blob/path", "S8"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"),
+        ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
+        ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("alignments3D/pose", "<f4", (3,)),
+        ("alignments3D/shift", "<f4", (2,)),
+    ]
+    table = np.zeros(3, dtype=[f for f in fields if f[0] not in drop])
+    values = {
+        "blob/path": b"s.mrcs", "blob/idx": np.arange(3), "blob/shape": shapes if shapes is not None else 8,
+        "blob/psize_A": 1.5, "ctf/accel_kv": 300, "ctf/cs_mm": 2.7, "ctf/amp_contrast": 0.1,
+        "ctf/df1_A": defocus if defocus is not None else 1e4, "ctf/df2_A": 9e3, "ctf/df_angle_rad": 0.3,
+        "alignments3D/pose": 0.1, "alignments3D/shift": 0.5,
+    }
+    for key in table.dtype.names:
+        table[key] = values[key]
+    path = folder / name
+    with open(path, "wb") as file:
+        np.save(file, table)
+    return path
+
+
+def config(folder: pathlib.Path, text: str):
+    stack(folder)
+    star(folder)
+    (folder / "ref.pdb").write_text("ATOM      1  CA  ALA A   1       0.000   0.000   0.000  1.00  0.00           C\nEND\n")
+    path = folder / "dataset.yaml"
+    path.write_text(text)
+    return path
+
+
+VALID_YAML = "particles: p.star\nreference: ref.pdb\nmodel: nma\nposes: given\noutput: out\n"
+
+
+class CodeInPickle:
+    """Pickles as a call to os.system: loading it with plain pickle would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def truncated_mrcs(tmp):
+    path = stack(tmp)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    return lambda: io.load_particles(path), "s.mrcs", "truncated"
+
+
+def nan_image(tmp):
+    values = np.zeros((3, 8, 8), dtype=np.float32)
+    values[1, 3, 4] = np.nan
+    path = stack(tmp, values=values)
+    dataset = io.load_particles(path)
+    return lambda: dataset.images([0, 1]), "s.mrcs", "image 2"
+
+
+def inf_image_in_minibatch(tmp):
+    values = np.zeros((3, 8, 8), dtype=np.float32)
+    values[2, 0, 0] = np.inf
+    stack(tmp, values=values)
+    dataset = io.load_particles(star(tmp))
+    return lambda: list(dataset.minibatches(2, prefetch=2)), "s.mrcs", "image 3"
+
+
+def non_square_mrc(tmp):
+    path = io.write_stack(tmp / "s.mrcs", np.zeros((2, 8, 8), dtype=np.float32), 1.0)
+    import mrcfile
+
+    with mrcfile.new(path, overwrite=True) as handle:
+        handle.set_data(np.zeros((2, 8, 6), dtype=np.float32))
+    return lambda: io.load_particles(path), "s.mrcs", "not square"
+
+
+def not_an_mrc(tmp):
+    path = tmp / "s.mrcs"
+    path.write_bytes(b"hello")
+    return lambda: io.load_particles(path), "s.mrcs", "header"
+
+
+def star_missing_optics_group(tmp):
+    stack(tmp)
+    rows = [f"{i}@s.mrcs 10000 9000 30 {g} 10 20 30 0.5 -0.5" for i, g in ((1, 1), (2, 2), (3, 1))]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnOpticsGroup"
+
+
+def star_missing_column(tmp):
+    stack(tmp)
+    columns = [c for c in COLUMNS if c != "rlnDefocusV"]
+    rows = [f"{i}@s.mrcs 10000 30 1 10 20 30 0.5 -0.5" for i in (1, 2, 3)]
+    return lambda: io.load_particles(star(tmp, rows=rows, columns=columns)), "p.star", "rlnDefocusV"
+
+
+def star_duplicate_column(tmp):
+    stack(tmp)
+    columns = COLUMNS + ["rlnDefocusU"]
+    rows = [f"{i}@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5 12000" for i in (1, 2, 3)]
+    return lambda: io.load_particles(star(tmp, rows=rows, columns=columns)), "p.star", "rlnDefocusU"
+
+
+def star_non_numeric_field(tmp):
+    stack(tmp)
+    rows = ["1@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5", "2@s.mrcs 10000 9000 thirty 1 10 20 30 0.5 -0.5"]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnDefocusAngle"
+
+
+def star_short_row(tmp):
+    stack(tmp)
+    rows = ["1@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5", "2@s.mrcs 10000 9000 30 1 10 20 30 0.5"]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnOriginYAngst"
+
+
+def star_index_past_end(tmp):
+    stack(tmp)
+    rows = ["1@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5", "7@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5"]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnImageName"
+
+
+def star_missing_stack(tmp):
+    return lambda: io.load_particles(star(tmp)), "s.mrcs", "rlnImageName"
+
+
+def star_bad_image_name(tmp):
+    stack(tmp)
+    rows = ["zero@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5"]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnImageName"
+
+
+def star_mixed_box_sizes(tmp):
+    stack(tmp)
+    stack(tmp, name="t.mrcs", box=10)
+    rows = ["1@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5", "1@t.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5"]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "box sizes"
+
+
+def star_box_disagrees_with_stack(tmp):
+    stack(tmp, box=10)
+    return lambda: io.load_particles(star(tmp)), "p.star", "box size"
+
+
+def star_optics_groups_disagree_in_pixel_size(tmp):
+    stack(tmp)
+    rows = [f"{i}@s.mrcs 10000 9000 30 {g} 10 20 30 0.5 -0.5" for i, g in ((1, 1), (2, 2), (3, 1))]
+    optics = ["1 og1 1.5 8 300 2.7 0.1", "2 og2 1.6 8 300 2.7 0.1"]
+    return lambda: io.load_particles(star(tmp, rows=rows, optics_rows=optics)), "p.star", "rlnImagePixelSize"
+
+
+def star_missing_voltage(tmp):
+    stack(tmp)
+    optics_columns = [c for c in OPTICS_COLUMNS if c != "rlnVoltage"]
+    optics = ["1 og1 1.5 8 2.7 0.1"]
+    return (
+        lambda: io.load_particles(star(tmp, optics_rows=optics, optics_columns=optics_columns)),
+        "p.star",
+        "rlnVoltage",
+    )
+
+
+def star30_magnification_missing(tmp):
+    stack(tmp)
+    path = tmp / "p.star"
+    path.write_text("data_\nloop_\n_rlnImageName\n_rlnDetectorPixelSize\n1@s.mrcs 5.0\n")
+    return lambda: io.load_particles(path), "p.star", "rlnMagnification"
+
+
+def star_not_a_star_file(tmp):
+    path = tmp / "p.star"
+    path.write_text("this is not\na star file\n")
+    return lambda: io.load_particles(path), "p.star", "data_particles"
+
+
+def cs_missing_field(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs(tmp, drop=("blob/idx",))), "p.cs", "blob/idx"
+
+
+def cs_missing_ctf_field(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs(tmp, drop=("ctf/cs_mm",))), "p.cs", "ctf/cs_mm"
+
+
+def cs_mixed_box_sizes(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs(tmp, shapes=np.array([[8, 8], [8, 8], [10, 10]]))), "p.cs", "blob/shape"
+
+
+def cs_nan_defocus(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs(tmp, defocus=np.array([1e4, np.nan, 1e4]))), "p.cs", "ctf/df1_A"
+
+
+def cs_not_a_table(tmp):
+    path = tmp / "p.cs"
+    path.write_text("not numpy")
+    return lambda: io.load_particles(path), "p.cs", "table"
+
+
+def cs_object_array(tmp):
+    path = tmp / "p.cs"
+    with open(path, "wb") as file:
+        np.save(file, np.array([{"blob/path": "x"}], dtype=object), allow_pickle=True)
+    return lambda: io.load_particles(path), "p.cs", "table"
+
+
+def pickle_carrying_code(tmp):
+    path = tmp / "poses.pkl"
+    marker = tmp / "executed"
+    path.write_bytes(pickle.dumps(CodeInPickle(marker)))
+
+    def load():
+        try:
+            io.read_cryodrgn_poses(path)
+        finally:
+            assert not marker.exists(), "the pickle's code ran"
+
+    return load, "poses.pkl", "system"
+
+
+def pickle_wrong_shape(tmp):
+    path = tmp / "poses.pkl"
+    path.write_bytes(pickle.dumps((np.zeros((3, 2, 3)), np.zeros((3, 2)))))
+    return lambda: io.read_cryodrgn_poses(path), "poses.pkl", "rotations"
+
+
+def poses_count_mismatch(tmp):
+    stack(tmp)
+    path = tmp / "poses.pkl"
+    path.write_bytes(pickle.dumps((np.broadcast_to(np.eye(3), (5, 3, 3)).copy(), np.zeros((5, 2)))))
+    return lambda: io.load_particles(tmp / "s.mrcs", poses=path), "poses.pkl", "poses"
+
+
+def missing_particles_path(tmp):
+    return lambda: io.load_particles(tmp / "absent.star"), "absent.star", "not found"
+
+
+def unsupported_particles_suffix(tmp):
+    path = tmp / "p.txt"
+    path.write_text("x")
+    return lambda: io.load_particles(path), "p.txt", "particles"
+
+
+def yaml_unknown_model(tmp):
+    path = config(tmp, VALID_YAML.replace("model: nma", "model: transformer"))
+    return lambda: io.load_config(path), "dataset.yaml", "model"
+
+
+def yaml_not_a_mapping(tmp):
+    path = config(tmp, "- particles\n- reference\n")
+    return lambda: io.load_config(path), "dataset.yaml", "mapping"
+
+
+def yaml_python_tag(tmp):
+    path = config(tmp, VALID_YAML + "seed: !!python/object/apply:os.system ['touch executed']\n")
+    return lambda: io.load_config(path), "dataset.yaml", "python/object"
+
+
+def yaml_unknown_key(tmp):
+    path = config(tmp, VALID_YAML + "learning_rat: 0.1\n")
+    return lambda: io.load_config(path), "dataset.yaml", "learning_rat"
+
+
+def yaml_missing_required_key(tmp):
+    path = config(tmp, VALID_YAML.replace("output: out\n", ""))
+    return lambda: io.load_config(path), "dataset.yaml", "output"
+
+
+def yaml_missing_particles_file(tmp):
+    path = config(tmp, VALID_YAML.replace("p.star", "absent.star"))
+    return lambda: io.load_config(path), "dataset.yaml", "particles"
+
+
+def yaml_wrong_type(tmp):
+    path = config(tmp, VALID_YAML + "batch_size: many\n")
+    return lambda: io.load_config(path), "dataset.yaml", "batch_size"
+
+
+def yaml_bare_stack_without_poses(tmp):
+    path = config(tmp, VALID_YAML.replace("p.star", "s.mrcs"))
+    return lambda: io.load_config(path), "dataset.yaml", "poses_file"
+
+
+def yaml_syntax_error(tmp):
+    path = config(tmp, "particles: [p.star\n")
+    return lambda: io.load_config(path), "dataset.yaml", "yaml"
+
+
+CASES = [
+    truncated_mrcs, nan_image, inf_image_in_minibatch, non_square_mrc, not_an_mrc,
+    star_missing_optics_group, star_missing_column, star_duplicate_column, star_non_numeric_field,
+    star_short_row, star_index_past_end, star_missing_stack, star_bad_image_name, star_mixed_box_sizes,
+    star_box_disagrees_with_stack, star_optics_groups_disagree_in_pixel_size, star_missing_voltage,
+    star30_magnification_missing, star_not_a_star_file, cs_missing_field, cs_missing_ctf_field,
+    cs_mixed_box_sizes, cs_nan_defocus, cs_not_a_table, cs_object_array, pickle_carrying_code,
+    pickle_wrong_shape, poses_count_mismatch, missing_particles_path, unsupported_particles_suffix,
+    yaml_unknown_model, yaml_not_a_mapping, yaml_python_tag, yaml_unknown_key, yaml_missing_required_key,
+    yaml_missing_particles_file, yaml_wrong_type, yaml_bare_stack_without_poses, yaml_syntax_error,
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_raises_one_line_input_error(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a tag that ran `touch executed` would leave the file here
+    action, file_name, field = case(tmp_path)
+    with pytest.raises(io.InputError) as raised:
+        action()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert file_name in message
+    assert field in message
+    assert not (tmp_path / "executed").exists()
+
+
+def test_the_valid_inputs_behind_the_cases_load(tmp_path):
+    """Control: the unmodified star, cs, stack and yaml used above are accepted."""
+    stack(tmp_path)
+    dataset = io.load_particles(star(tmp_path))
+    assert len(dataset) == 3 and dataset.box_size == 8 and dataset.pixel_size_in_angstroms == 1.5
+    assert len(io.load_particles(cs(tmp_path))) == 3
+    path = config(tmp_path, VALID_YAML)
+    assert io.load_config(path).model == "nma"
+    poses = tmp_path / "poses.pkl"
+    poses.write_bytes(pickle.dumps((np.broadcast_to(np.eye(3), (3, 3, 3)).copy(), np.zeros((3, 2))), protocol=5))
+    assert io.load_particles(tmp_path / "s.mrcs", poses=poses).rotations.shape == (3, 3, 3)
