@@ -1,0 +1,144 @@
+"""Elastic network (ANM): energy, gradient, Hessian and normal modes, against ProDy and finite differences."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from atomicspi.io import InputError
+from atomicspi.structure import (
+    ElasticNetwork,
+    load_structure,
+    normal_modes,
+    rigid_body_basis,
+    superpose,
+)
+
+
+@pytest.fixture
+def x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="module")
+def adk_calpha(example_structure_path):
+    closed = load_structure(example_structure_path).calpha().positions_in_angstroms
+    opened = load_structure(example_structure_path.parent / "adk_open.pdb.gz").calpha().positions_in_angstroms
+    return closed, opened
+
+
+def _subspace_overlap(v, w):
+    """Smallest singular value of Vᵀ W for column-orthonormal V, W: 1 when the subspaces coincide."""
+    return np.linalg.svd(v.T @ w, compute_uv=False).min()
+
+
+def test_modes_and_hessian_match_prody(x64, adk_calpha):
+    prody = pytest.importorskip("prody")
+    prody.confProDy(verbosity="none")
+    closed, _ = adk_calpha
+    network = ElasticNetwork.from_positions(closed, cutoff_in_angstroms=15.0)
+    modes = normal_modes(network, 20)
+    anm = prody.ANM()
+    anm.buildHessian(closed, cutoff=15.0, gamma=1.0)
+    anm.calcModes(20)
+    np.testing.assert_allclose(np.asarray(network.hessian()), anm.getHessian(), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(modes.eigenvalues), anm.getEigvals(), rtol=1e-4)
+    ours = np.asarray(modes.vectors).reshape(20, -1).T
+    overlap = _subspace_overlap(ours, anm.getEigvecs())
+    assert overlap >= 0.999
+    # Each lowest mode is non-degenerate here, so the per-mode overlap is also ~1.
+    assert np.min(np.abs(np.sum(ours * anm.getEigvecs(), axis=0))) >= 0.999
+
+
+def test_modes_orthonormal_and_orthogonal_to_rigid_motions(x64, adk_calpha):
+    closed, _ = adk_calpha
+    network = ElasticNetwork.from_positions(closed, 15.0)
+    modes = normal_modes(network, 30)
+    v = np.asarray(modes.vectors).reshape(30, -1)
+    np.testing.assert_allclose(v @ v.T, np.eye(30), atol=1e-10)
+    rigid = np.asarray(rigid_body_basis(closed)).reshape(6, -1)
+    np.testing.assert_allclose(rigid @ rigid.T, np.eye(6), atol=1e-10)
+    assert np.max(np.abs(rigid @ v.T)) < 1e-8
+    # Eigen-equation H v = λ v with the independently assembled sparse Hessian.
+    hessian = network.sparse_hessian()
+    np.testing.assert_allclose(hessian @ v.T, v.T * np.asarray(modes.eigenvalues), atol=1e-9)
+    assert np.all(np.diff(np.asarray(modes.eigenvalues)) >= 0) and modes.eigenvalues[0] > 1e-3
+
+
+def test_sparse_path_matches_dense(x64, adk_calpha):
+    closed, _ = adk_calpha
+    network = ElasticNetwork.from_positions(closed, 15.0)
+    dense = normal_modes(network, 20, method="dense")
+    sparse = normal_modes(network, 20, method="sparse")
+    np.testing.assert_allclose(np.asarray(sparse.eigenvalues), np.asarray(dense.eigenvalues), rtol=1e-8)
+    overlap = _subspace_overlap(np.asarray(dense.vectors).reshape(20, -1).T, np.asarray(sparse.vectors).reshape(20, -1).T)
+    assert overlap > 1 - 1e-8
+    np.testing.assert_allclose(network.sparse_hessian().toarray(), np.asarray(network.hessian()), atol=1e-12)
+
+
+def test_closed_to_open_displacement_overlaps_lowest_modes(x64, adk_calpha):
+    closed, opened = adk_calpha
+    network = ElasticNetwork.from_positions(closed, 15.0)
+    modes = normal_modes(network, 10)
+    displacement = (np.asarray(superpose(opened, closed)) - closed).reshape(-1)
+    rmsd = np.sqrt(np.mean(np.sum(displacement.reshape(-1, 3) ** 2, axis=1)))
+    v = np.asarray(modes.vectors).reshape(10, -1)
+    cumulative = np.sum((v @ displacement) ** 2) / np.sum(displacement**2)
+    print(f"AdK closed→open: Cα RMSD {rmsd:.2f} Å, cumulative squared overlap with the lowest 10 modes {cumulative:.3f}")
+    assert 6.5 < rmsd < 7.3
+    assert cumulative > 0.5
+
+
+def test_hessian_equals_autodiff_hessian_with_distance_dependent_springs(x64, adk_calpha):
+    closed, _ = adk_calpha
+    for exponent in (0.0, 2.0):
+        network = ElasticNetwork.from_positions(closed[:40], 12.0, distance_exponent=exponent)
+        gamma = 0.7
+        autodiff = jax.hessian(lambda x: network.energy(x.reshape(-1, 3), gamma))(jnp.asarray(closed[:40]).reshape(-1))
+        np.testing.assert_allclose(np.asarray(network.hessian(gamma)), np.asarray(autodiff), atol=1e-10)
+    expected_weights = (np.asarray(network.rest_lengths_in_angstroms) / 3.8) ** -2.0
+    np.testing.assert_allclose(np.asarray(network.spring_weights), expected_weights)
+
+
+def test_energy_gradient_matches_finite_differences(x64, adk_calpha):
+    closed, opened = adk_calpha
+    network = ElasticNetwork.from_positions(closed, 15.0, distance_exponent=1.0)
+    positions = jnp.asarray(closed + 0.3 * np.random.default_rng(0).normal(size=closed.shape))
+    energy = eqx.filter_jit(network.energy)
+    gradient = jax.grad(network.energy)(positions, 2.0)
+    step = 1e-5
+    for seed in range(3):
+        direction = np.random.default_rng(seed + 1).normal(size=closed.shape)
+        finite = (energy(positions + step * direction, 2.0) - energy(positions - step * direction, 2.0)) / (2 * step)
+        np.testing.assert_allclose(float(jnp.sum(gradient * direction)), float(finite), rtol=1e-7)
+    # Direct evaluation of the energy against an independent double loop over springs.
+    x = np.asarray(positions)
+    expected = sum(
+        0.5 * 2.0 * w * (np.linalg.norm(x[i] - x[j]) - d0) ** 2
+        for (i, j), d0, w in zip(network.pairs, np.asarray(network.rest_lengths_in_angstroms), np.asarray(network.spring_weights))
+    )
+    np.testing.assert_allclose(float(energy(positions, 2.0)), expected, rtol=1e-12)
+
+
+def test_energy_invariant_under_rigid_motion(x64, adk_calpha):
+    closed, opened = adk_calpha
+    network = ElasticNetwork.from_positions(closed, 15.0)
+    deformed = np.asarray(superpose(opened, closed))
+    rotation = Rotation.from_rotvec([0.4, -1.1, 2.0]).as_matrix()
+    moved = deformed @ rotation.T + np.array([12.0, -5.0, 30.0])
+    e_deformed, e_moved = float(network.energy(deformed)), float(network.energy(moved))
+    assert e_deformed > 10.0
+    np.testing.assert_allclose(e_moved, e_deformed, rtol=1e-10)
+    assert abs(float(network.energy(closed @ rotation.T + 3.0))) < 1e-18 + 1e-12
+
+
+def test_disconnected_network_is_rejected(x64):
+    two_blobs = np.concatenate([np.random.default_rng(0).normal(size=(20, 3)) * 3, 100 + np.random.default_rng(1).normal(size=(20, 3)) * 3])
+    network = ElasticNetwork.from_positions(two_blobs, 15.0)
+    with pytest.raises(InputError, match="disconnected"):
+        normal_modes(network, 5)
