@@ -1,1 +1,26 @@
 """Amortized variational inference (installed as `atomicspi.inference`)."""
+
+from ._checkpoint import Checkpoint as Checkpoint
+from ._checkpoint import checkpoint_metadata_path as checkpoint_metadata_path
+from ._checkpoint import load_checkpoint as load_checkpoint
+from ._checkpoint import save_checkpoint as save_checkpoint
+from ._fit import FitResult as FitResult
+from ._fit import configuration_hash as configuration_hash
+from ._fit import fit as fit
+from ._interrupts import TrainingInterrupted as TrainingInterrupted
+from ._interrupts import interrupt_on_signals as interrupt_on_signals
+from ._minibatches import epoch_minibatch_indices as epoch_minibatch_indices
+from ._minibatches import make_epoch_minibatches as make_epoch_minibatches
+from ._progress import TrainingProgress as TrainingProgress
+from ._sharding import make_batch_mesh as make_batch_mesh
+from ._sharding import replicate as replicate
+from ._sharding import shard_batches as shard_batches
+from ._svi import NonFiniteTrainingError as NonFiniteTrainingError
+from ._svi import TrainingState as TrainingState
+from ._svi import TrainingStepOutput as TrainingStepOutput
+from ._svi import initialize_training as initialize_training
+from ._svi import make_svi as make_svi
+from ._svi import make_training_step as make_training_step
+from ._encoder import ImageEncoder as ImageEncoder
+from ._guides import AmortizedGuide as AmortizedGuide
+from ._posterior import draw_posterior as draw_posterior
