@@ -21,6 +21,7 @@ from ._first_passage import mean_first_passage_times as mean_first_passage_times
 from ._first_passage import state_mean_first_passage_times as state_mean_first_passage_times
 from ._free_energy import FreeEnergyLandscape as FreeEnergyLandscape
 from ._free_energy import free_energy_landscape as free_energy_landscape
+from ._free_energy import landscape_from_probabilities as landscape_from_probabilities
 from ._grid import CollectiveVariableGrid as CollectiveVariableGrid
 from ._grid import make_grid as make_grid
 from ._markov_state_model import markov_state_model as markov_state_model

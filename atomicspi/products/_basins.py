@@ -3,10 +3,11 @@
 Each populated cell flows by steepest descent (over its 2 or 8 neighbours) to a local minimum; the
 cells that reach the same minimum form its basin. Between two face-adjacent basins the saddle is
 the lowest crossing point, min over adjacent cell pairs (a, b) of max(F_a, F_b): the highest point
-on the minimum-energy path from one basin to the other on the grid (a minimax path). Basins
-separated by less than `min_barrier_in_kT` from the shallower side, and basins holding less than
-`min_population`, are merged into their neighbour across the lowest saddle, so that noise in F
-does not make states.
+on the minimum-energy path from one basin to the other on the grid (a minimax path). A barrier
+counts only if, seen from the shallower basin, it is at least `min_barrier_in_kT` high and
+significant — the bootstrap band at the saddle lies wholly above the band at the minimum — and
+basins holding less than `min_population` are merged too, each into its neighbour across the lowest
+saddle, so that noise in F does not make states. (A landscape without a band uses F itself.)
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def find_basins(
 
     - `landscape`: a `FreeEnergyLandscape` (1-D or 2-D).
     - `min_barrier_in_kT`: basins whose barrier, seen from the shallower one, is lower than this
-      (in units of kT) are merged.
+      (in units of kT), or whose saddle's band overlaps their minimum's band, are merged.
     - `min_population`: basins with a smaller population are merged into a neighbour.
 
     **Returns:** `LandscapeBasins`, state 0 the lowest minimum.
@@ -80,6 +81,8 @@ def find_basins(
     shape = free_energy.shape
     flat = in_kT.ravel()
     labels = _steepest_descent_labels(in_kT)
+    low = np.ravel(landscape.free_energy_low) / landscape.kT
+    high = np.ravel(landscape.free_energy_high) / landscape.kT
     probabilities = landscape.probabilities.ravel()
 
     def minimum_of(label):
@@ -92,9 +95,11 @@ def find_basins(
         saddles = _saddles(flat, labels, shape)
         # 1) the shallowest barrier below the threshold.
         best = None
-        for (a, b), (value, _) in saddles.items():
-            barrier = value - max(flat[minima[a]], flat[minima[b]])
-            if barrier < min_barrier_in_kT and (best is None or barrier < best[0]):
+        for (a, b), (value, saddle) in saddles.items():
+            shallow = minima[a] if flat[minima[a]] >= flat[minima[b]] else minima[b]
+            barrier = value - flat[shallow]
+            significant = low[saddle] > high[shallow]
+            if (barrier < min_barrier_in_kT or not significant) and (best is None or barrier < best[0]):
                 best = (barrier, a, b)
         # 2) otherwise the least populated basin below the population threshold.
         if best is None:
@@ -130,7 +135,7 @@ def find_basins(
         saddle_cells[a, b] = saddle_cells[b, a] = cell
     one_hot = labels[None, :] == np.arange(n_states)[:, None]
     populations = one_hot.astype(float) @ probabilities
-    replicates = landscape.bootstrap_probabilities.reshape(len(landscape.bootstrap_probabilities), -1) @ one_hot.T
+    replicates = landscape.bootstrap_probabilities.reshape(-1, labels.size) @ one_hot.T
     tail = 0.5 * (1.0 - landscape.confidence)
     low, high = np.quantile(replicates, [tail, 1.0 - tail], axis=0) if len(replicates) else (populations, populations)
     centres = np.stack(np.meshgrid(*landscape.grid.centres, indexing="ij"), axis=-1).reshape(-1, len(shape))

@@ -22,7 +22,7 @@ from ._aggregated_posterior import (
 )
 from ._grid import CollectiveVariableGrid, make_grid
 
-__all__ = ["FreeEnergyLandscape", "free_energy_landscape"]
+__all__ = ["FreeEnergyLandscape", "free_energy_landscape", "landscape_from_probabilities"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,5 +131,46 @@ def free_energy_landscape(
         free_energy_high=free_energy_high,
         bootstrap_probabilities=replicates,
         confidence=float(confidence),
+        offset=offset,
+    )
+
+
+def landscape_from_probabilities(
+    grid: CollectiveVariableGrid,
+    probabilities: Float[np.ndarray, "*grid_shape"],
+    kT: float = 1.0,
+    names: tuple[str, ...] | None = None,
+    units: tuple[str, ...] | None = None,
+) -> FreeEnergyLandscape:
+    """A landscape from known cell populations (e.g. from MD or an analytic model), without a band.
+
+    **Arguments:**
+
+    - `grid`: the cells.
+    - `probabilities`: population of each cell (grid shape; normalised here to sum to 1).
+    - `kT`, `names`, `units`: as in `free_energy_landscape`.
+
+    **Returns:** a `FreeEnergyLandscape` whose band is the estimate itself and which has no
+    bootstrap replicates.
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.shape != grid.shape or np.any(probabilities < 0) or not probabilities.sum() > 0:
+        raise ValueError(f"probabilities must be non-negative with the grid's shape {grid.shape}")
+    probabilities = probabilities / probabilities.sum()
+    with np.errstate(divide="ignore"):
+        raw = -kT * np.log(probabilities / grid.cell_volume)
+    offset = float(np.min(raw))
+    free_energy = raw - offset
+    return FreeEnergyLandscape(
+        grid=grid,
+        names=tuple(names) if names is not None else tuple(f"cv{d}" for d in range(grid.n_dimensions)),
+        units=tuple(units) if units is not None else ("",) * grid.n_dimensions,
+        kT=float(kT),
+        probabilities=probabilities,
+        free_energy=free_energy,
+        free_energy_low=free_energy.copy(),
+        free_energy_high=free_energy.copy(),
+        bootstrap_probabilities=np.empty((0, *grid.shape)),
+        confidence=0.0,
         offset=offset,
     )

@@ -13,10 +13,12 @@ import pathlib
 
 import numpy as np
 
+from ._aggregated_posterior import aggregated_posterior_probabilities, as_draws_array, sample_aggregated_posterior
 from ._basins import find_basins
 from ._diffusion_model import diffusion_model
 from ._first_passage import state_mean_first_passage_times
 from ._free_energy import free_energy_landscape
+from ._grid import make_grid
 from ._markov_state_model import markov_state_model
 from ._plot import plot_landscape
 from ._representatives import representative_particles
@@ -25,7 +27,6 @@ from ._run_collective_variables import (
     load_run_collective_variables,
     load_samples_trajectory,
 )
-from ._aggregated_posterior import sample_aggregated_posterior
 
 __all__ = ["run_products"]
 
@@ -65,7 +66,9 @@ def run_products(
     - `cv`: one or two specifications (`mode:K`, `latent:K`, `pc:K`, `distance:I,J`,
       `angle:I,J,K`, `rmsd:PATH`); default `mode:0`, or `pc:0` for a latent-variable model.
     - `kT`: thermal energy (1 → F in kT).
-    - `n_bins`: bins per CV (default 50 in 1-D, 30 in 2-D).
+    - `n_bins`: bins per CV; default: √N in 1-D (10 to 50) and 2·N^¼ in 2-D (8 to 30) for N
+      particles, reduced until the populated cells are connected (no empty cell splits the
+      landscape, so the diffusion model reaches every state).
     - `n_bootstrap`, `confidence`: the bootstrap over particles and draws.
     - `min_barrier_in_kT`, `min_population`: when basins are merged into one state.
     - `diffusion_coefficient`: D in (CV unit)² per time unit, for the kinetics (an assumption).
@@ -80,6 +83,8 @@ def run_products(
     if cv is None:
         cv = default_collective_variable(output_dir)
     variables = load_run_collective_variables(output_dir, cv)
+    if n_bins is None:
+        n_bins = _connected_number_of_bins(variables.draws)
     landscape = free_energy_landscape(
         variables.draws, n_bins=n_bins, kT=kT, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
         names=variables.names, units=variables.units,
@@ -134,6 +139,7 @@ def run_products(
         "free_energy_unit": "kT" if kT == 1.0 else f"energy unit of kT = {kT:g}",
         "confidence": float(confidence),
         "n_bootstrap": int(n_bootstrap),
+        "bins": list(landscape.grid.shape),
         "note": "Populations are the aggregated posterior (the mixture of per-particle posteriors); "
         "bands are bootstrap intervals over particles and posterior draws.",
         "states": states,
@@ -143,6 +149,9 @@ def run_products(
             "diffusion_coefficient": float(diffusion_coefficient),
             "time_unit": f"the time unit of D, with D in {unit}² per time unit (with D = 1: {unit}²/D)",
             "lag_time": float(lag_time),
+            "connected": bool(len(model.active_cells) == np.count_nonzero(landscape.probabilities)),
+            "connected_note": "the Markov model covers the largest connected set of populated cells; "
+            "first-passage times to or from a state outside it are null (use fewer bins)",
             "mean_first_passage_times": [[_finite_or_none(t) for t in row] for row in passage_times],
             "mean_first_passage_time_definition": "[a][b]: from the grid cell at state a's minimum until first "
             "reaching the grid cell at state b's minimum, by the discretised Smoluchowski model",
@@ -189,6 +198,25 @@ def run_products(
         for state, frame in enumerate(structures["representatives"]):
             frame.save_pdb(str(output_dir / f"state_{state}.pdb"))
     return record
+
+
+def _connected_number_of_bins(draws: np.ndarray) -> int:
+    """Bins per CV: √N in 1-D (10 to 50), 2·N^¼ per CV in 2-D (8 to 30), N the number of particles
+    (draws of one particle are not independent); fewer if needed for the populated cells to form
+    one connected set."""
+    import scipy.ndimage
+
+    draws = as_draws_array(draws)
+    n_particles = len(draws)
+    if draws.shape[-1] == 1:
+        largest = int(np.clip(round(np.sqrt(n_particles)), 10, 50))
+    else:
+        largest = int(np.clip(round(2 * n_particles**0.25), 8, 30))
+    for n_bins in range(largest, 8, -1):
+        populated = aggregated_posterior_probabilities(draws, make_grid(draws, n_bins)) > 0
+        if scipy.ndimage.label(populated)[1] == 1:
+            return n_bins
+    return 8
 
 
 def _structures(output_dir, representatives, n_particles, n_structures, seed):
