@@ -195,3 +195,16 @@ def test_gradients_match_finite_differences(x64):
             minus[index] = jnp.asarray((flat - delta).reshape(np.shape(args[index])))
             numeric = (loss(*plus) - loss(*minus)) / (2 * delta[entry])
             assert float(np.ravel(gradient)[entry]) == pytest.approx(float(numeric), rel=1e-5, abs=1e-6 * float(jnp.abs(loss(*args)) + 1))
+
+
+def test_splat_handles_atoms_at_and_beyond_box_edges(x64):
+    box, pixel = 24, 1.0
+    positions = jnp.array([
+        [-12.4, 0.0, 0.0], [11.6, 3.0, 0.0], [0.0, -14.0, 1.0], [13.5, 13.5, 0.0], [60.0, 0.0, 0.0], [-2.0, -40.0, 0.0],
+    ])
+    numbers, b_factors = np.full(6, 8), np.full(6, 30.0)
+    images = [
+        make_image_model(numbers, b_factors, box, pixel, method=method, truncation_in_standard_deviations=6.0).projection(positions, jnp.eye(3))
+        for method in ("splat", "dense")
+    ]
+    np.testing.assert_allclose(np.asarray(images[0]), np.asarray(images[1]), atol=1e-7 * float(jnp.max(images[1])))

@@ -186,11 +186,8 @@ def scattering_factor(
     """
     a, b = peng_parameters(atomic_numbers)
     s_squared = np.asarray(s_in_inverse_angstroms, dtype=float) ** 2
-    extra = (None,) * s_squared.ndim
-    return np.sum(
-        a[(..., *extra, slice(None))] * np.exp(-b[(..., *extra, slice(None))] * s_squared[..., None]),
-        axis=-1,
-    )
+    shape = (len(a),) + (1,) * s_squared.ndim + (5,)
+    return np.sum(a.reshape(shape) * np.exp(-b.reshape(shape) * s_squared[..., None]), axis=-1)
 
 
 def atomic_gaussian_table(

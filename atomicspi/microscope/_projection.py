@@ -18,8 +18,9 @@ Two implementations of the same sum:
   reference (and cryoJAX's default).
 - `project_atoms_splat`: each atom only on the `w × w` pixels around it (≈ 5·N·w² multiply-adds
   plus N·w² scatter-adds, independent of D); the truncation error is the Gaussian mass beyond
-  `window // 2` pixels (choose `window` with `splat_window`). The backward pass of the
-  scatter-add is a gather, so gradients cost about as much as the forward pass.
+  `window // 2` pixels (choose `window` with `splat_window`). Each atom's `w × w` patch is added with one
+  windowed scatter-add (backward pass: a windowed gather), which on CPU is ~2× faster than
+  scattering the `w²` pixels one by one.
 """
 
 import jax
@@ -110,7 +111,8 @@ def project_atoms_splat(
     """Pixel-averaged projected potential, each atom on its `window × window` neighbourhood.
 
     Same arguments and result as `project_atoms_dense`, plus `window` (odd, pixels; see
-    `splat_window`). Parts of windows that fall outside the box are dropped.
+    `splat_window`). Parts of windows that fall outside the box are dropped (atoms whose
+    window lies entirely outside contribute nothing).
     """
     half = window // 2
     centre_pixels = jnp.round(positions_2d_in_angstroms / pixel_size_in_angstroms) + box_size // 2
@@ -123,17 +125,17 @@ def project_atoms_splat(
     weights_x = _pixel_averages(edges_x, variances_in_angstroms_squared, pixel_size_in_angstroms)
     weights_y = _pixel_averages(edges_y, variances_in_angstroms_squared, pixel_size_in_angstroms)
     patches = jnp.einsum("ak,aky,akx->ayx", amplitudes, weights_y, weights_x)
-    first = first_pixels.astype(jnp.int32)
-    columns = first[:, 0, None] + jnp.arange(window)[None, :]
-    rows = first[:, 1, None] + jnp.arange(window)[None, :]
-    inside = (
-        (rows[:, :, None] >= 0)
-        & (rows[:, :, None] < box_size)
-        & (columns[:, None, :] >= 0)
-        & (columns[:, None, :] < box_size)
+    # one windowed scatter-add per atom (its transpose, for gradients, is a windowed gather) into
+    # a grid padded by `window` on each side, so that every window that touches the box fits
+    padded_size = box_size + 2 * window
+    starts = first_pixels.astype(jnp.int32)[:, ::-1] + window  # (row, column)
+    padded = jax.lax.scatter_add(
+        jnp.zeros((padded_size, padded_size), patches.dtype),
+        starts,
+        patches,
+        jax.lax.ScatterDimensionNumbers(
+            update_window_dims=(1, 2), inserted_window_dims=(), scatter_dims_to_operand_dims=(0, 1)
+        ),
+        mode=jax.lax.GatherScatterMode.FILL_OR_DROP,
     )
-    flat = jnp.where(inside, rows[:, :, None] * box_size + columns[:, None, :], box_size * box_size)
-    image = jnp.zeros(box_size * box_size, dtype=patches.dtype)
-    image = image.at[flat.reshape(-1)].add(patches.reshape(-1), mode="drop")
-    return image.reshape(box_size, box_size)
-
+    return padded[window : window + box_size, window : window + box_size]
