@@ -16,6 +16,7 @@ n_particles / B, so the ELBO of a minibatch is an unbiased estimate of the ELBO 
 """
 
 from collections.abc import Callable, Mapping
+import weakref
 from typing import Any, NamedTuple
 
 import jax
@@ -205,8 +206,11 @@ def make_training_step(
     **Returns:**
 
     A jit-compiled function `(state, stacked_batches) -> (state, TrainingStepOutput)`, where every array
-    of `stacked_batches` has shape (S, B, ...); it compiles once per S.
+    of `stacked_batches` has shape (S, B, ...); it compiles once per S. The same `svi` gives the same
+    function (so repeated `fit` calls on one `svi` compile once).
     """
+    if svi in _TRAINING_STEPS:
+        return _TRAINING_STEPS[svi]
 
     def scanned_steps(state, stacked_batches):
         new_state, (losses, skipped) = jax.lax.scan(
@@ -214,4 +218,8 @@ def make_training_step(
         )
         return new_state, TrainingStepOutput(losses=losses, skipped=skipped)
 
-    return jax.jit(scanned_steps)
+    _TRAINING_STEPS[svi] = jax.jit(scanned_steps)
+    return _TRAINING_STEPS[svi]
+
+
+_TRAINING_STEPS: "weakref.WeakKeyDictionary[SVI, Callable]" = weakref.WeakKeyDictionary()

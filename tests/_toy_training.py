@@ -15,6 +15,7 @@ OUTPUT_DIRECTORY/parameters.npz; exits 130/143 after checkpointing on SIGINT/SIG
 """
 
 import argparse
+import functools
 import pathlib
 import sys
 import time
@@ -81,6 +82,20 @@ def encoder_means(parameters: dict, images: np.ndarray) -> np.ndarray:
     return np.asarray(images) @ np.asarray(linear.weight).T + np.asarray(linear.bias)
 
 
+@functools.cache
+def make_toy_svi(learning_rate: float):
+    """The toy model's SVI (cached, so that runs in one process share its compiled training step)."""
+    weights, _ = make_problem()
+    return make_svi(
+        model,
+        guide,
+        optax.adam(optax.exponential_decay(learning_rate, 100, 0.7)),
+        num_particles=2,
+        weights=jnp.asarray(weights),
+        n_particles=N_PARTICLES,
+    )
+
+
 def train(
     output_directory,
     num_steps: int,
@@ -95,11 +110,9 @@ def train(
     started_file=None,
     progress: bool = False,
     mesh=None,
-    images=None,
 ):
     """Train the toy model; returns the `FitResult`."""
-    weights, stack = make_problem()
-    stack = stack if images is None else images
+    _, stack = make_problem()
     read_particles = lambda indices: {"images": stack[indices]}  # noqa: E731
     minibatches = make_epoch_minibatches(read_particles, N_PARTICLES, batch_size, seed)
 
@@ -110,16 +123,8 @@ def train(
             pathlib.Path(started_file).touch()
         return minibatches(step)
 
-    svi = make_svi(
-        model,
-        guide,
-        optax.adam(optax.exponential_decay(learning_rate, 100, 0.7)),
-        num_particles=2,
-        weights=jnp.asarray(weights),
-        n_particles=N_PARTICLES,
-    )
     return fit(
-        svi,
+        make_toy_svi(learning_rate),
         batches,
         num_steps,
         seed=seed,

@@ -37,20 +37,17 @@ KILL_RUN_STEPS = 200
 
 
 def _toy_svi(optimizer=None):
+    """The toy SVI of `toy.train` (sharing its compiled step), or one with another optimizer."""
+    if optimizer is None:
+        return toy.make_toy_svi(0.02)
     weights, _ = toy.make_problem()
     return make_svi(
-        toy.model,
-        toy.guide,
-        optax.adam(0.02) if optimizer is None else optimizer,
-        num_particles=2,
-        weights=jnp.asarray(weights),
-        n_particles=toy.N_PARTICLES,
+        toy.model, toy.guide, optimizer, num_particles=2, weights=jnp.asarray(weights), n_particles=toy.N_PARTICLES
     )
 
 
-def _toy_batch(indices, images=None):
+def _toy_batch(indices):
     _, stack = toy.make_problem()
-    stack = stack if images is None else images
     return {"images": stack[np.asarray(indices)], "indices": np.asarray(indices)}
 
 
@@ -140,7 +137,7 @@ def test_fit_stops_after_too_many_consecutive_non_finite_steps():
     svi = _toy_svi()
 
     def batches(step):
-        batch = _toy_batch(np.arange(8 * (step % 8), 8 * (step % 8) + 8))
+        batch = _toy_batch(np.arange(16 * (step % 4), 16 * (step % 4) + 16))
         if step >= 3:
             batch["images"][0, 0] = np.nan
         return batch
@@ -235,10 +232,21 @@ def uninterrupted_parameters(tmp_path_factory):
     return toy.flat_parameters(result.parameters), result.elbo_history
 
 
-def _start_training(directory: pathlib.Path, *extra: str) -> subprocess.Popen:
+@pytest.fixture(scope="module")
+def subprocess_environment(tmp_path_factory):
+    """CPU only, and a persistent compilation cache shared by the training subprocesses of this module
+    (the resumed run loads what the first run compiled)."""
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("compilation_cache")),
+    }
+
+
+def _start_training(directory: pathlib.Path, environment, *extra: str) -> subprocess.Popen:
     command = [sys.executable, str(TOY_SCRIPT), str(directory), "--steps", str(KILL_RUN_STEPS), "--seed", "7"]
     return subprocess.Popen(
-        [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+        [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
     )
 
 
@@ -253,11 +261,11 @@ def _wait_for(path: pathlib.Path, process: subprocess.Popen, timeout: float = 60
         time.sleep(0.02)
 
 
-def _resume_and_compare(directory: pathlib.Path, uninterrupted_parameters) -> None:
+def _resume_and_compare(directory: pathlib.Path, environment, uninterrupted_parameters) -> None:
     resumed = subprocess.run(
         [sys.executable, str(TOY_SCRIPT), str(directory), "--steps", str(KILL_RUN_STEPS), "--seed", "7", "--resume"],
         capture_output=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env=environment,
     )
     assert resumed.returncode == 0, resumed.stderr.decode()
     reference, reference_elbo = uninterrupted_parameters
@@ -269,21 +277,23 @@ def _resume_and_compare(directory: pathlib.Path, uninterrupted_parameters) -> No
         np.testing.assert_allclose(checkpoint["elbo_history"], reference_elbo, rtol=1e-5)
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted_parameters):
-    process = _start_training(tmp_path, "--checkpoint-every", "20", "--seconds-per-step", "0.01")
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
+    tmp_path, subprocess_environment, uninterrupted_parameters
+):
+    process = _start_training(tmp_path, subprocess_environment, "--checkpoint-every", "20", "--seconds-per-step", "0.01")
     _wait_for(tmp_path / "checkpoint.json", process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     step = json.loads((tmp_path / "checkpoint.json").read_text())["step"]
     assert 0 < step < KILL_RUN_STEPS and not (tmp_path / "parameters.npz").exists()
-    _resume_and_compare(tmp_path, uninterrupted_parameters)
+    _resume_and_compare(tmp_path, subprocess_environment, uninterrupted_parameters)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, uninterrupted_parameters):
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, subprocess_environment, uninterrupted_parameters):
     started = tmp_path / "started"
     process = _start_training(
-        tmp_path, "--checkpoint-every", "1000", "--seconds-per-step", "0.01", "--started-file", str(started)
+        tmp_path, subprocess_environment, "--checkpoint-every", "1000", "--seconds-per-step", "0.01", "--started-file", str(started)
     )
     _wait_for(started, process)
     assert not (tmp_path / "checkpoint.npz").exists()  # no periodic checkpoint before the signal
@@ -293,7 +303,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, uninterrupted_param
     assert "SIGTERM" in stderr.decode()
     step = json.loads((tmp_path / "checkpoint.json").read_text())["step"]
     assert 2 <= step < KILL_RUN_STEPS
-    _resume_and_compare(tmp_path, uninterrupted_parameters)
+    _resume_and_compare(tmp_path, subprocess_environment, uninterrupted_parameters)
 
 
 SHARDING_SCRIPT = """
