@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         "rmsd:PATH (0-based indices; default mode:0, or pc:0 for a latent model)",
     )
     parser.add_argument("--kT", type=float, default=1.0, help="thermal energy (default 1: F in kT)")
-    parser.add_argument("--bins", type=int, default=None, help="bins per CV (default 50 in 1-D, 30 in 2-D)")
+    parser.add_argument("--bins", type=int, default=None, help="bins per CV (default: sqrt(N particles) in 1-D, 10 to 50; 2*N^(1/4) in 2-D, 8 to 30; fewer if needed to keep the populated cells connected)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)")
     parser.add_argument("--min-barrier", type=float, default=1.0, help="merge basins with lower barriers, in kT")
     parser.add_argument(

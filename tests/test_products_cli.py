@@ -123,6 +123,25 @@ def test_cli_writes_landscape_states_and_structures(fake_run, capsys):
     np.testing.assert_allclose(data["probabilities"].sum(), 1.0)
 
 
+def test_two_structural_collective_variables(fake_run):
+    folder, _, positions, _ = fake_run
+    assert main([str(folder), "--cv", "distance:0,9", "--cv", "angle:0,5,9", "--bootstrap", "20", "--structures", "5"]) == 0
+    record = json.loads((folder / "states.json").read_text())
+    assert [v["unit"] for v in record["collective_variables"]] == ["Å", "°"]
+    data = np.load(folder / "landscape.npz")
+    assert data["free_energy"].ndim == 2
+    # Sampled structures are frames of ensemble_samples.dcd; each one's state is that of its distance and angle.
+    ensemble = mdtraj.load(str(folder / "ensemble.dcd"), top=str(folder / "topology.pdb"))
+    frames = np.array(record["ensemble"]["frames_of_ensemble_samples"])
+    np.testing.assert_allclose(ensemble.xyz * 10, positions.reshape(-1, N_ATOMS, 3)[frames], atol=1e-3)
+    distances = 10 * mdtraj.compute_distances(ensemble, [[0, 9]])[:, 0]
+    edges = data["edges_0"]
+    column = np.clip(np.searchsorted(edges, distances, side="right") - 1, 0, len(edges) - 2)
+    angles = np.degrees(mdtraj.compute_angles(ensemble, [[0, 5, 9]])[:, 0])
+    row = np.clip(np.searchsorted(data["edges_1"], angles, side="right") - 1, 0, len(data["edges_1"]) - 2)
+    np.testing.assert_array_equal(record["ensemble"]["states_of_structures"], data["state_labels"][column, row])
+
+
 def test_two_collective_variables_and_posterior_only_folder(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()

@@ -80,6 +80,19 @@ def test_first_passage_times_match_the_analytic_diffusion_result(direction):
     assert times[a, b] == pytest.approx(reference, rel=0.01)
 
 
+def test_first_passage_times_match_deeptime_at_short_lag():
+    # Peer: deeptime's discrete-time MFPT on T = expm(K τ) (in units of the lag time) tends to the
+    # continuous-time MFPT from the generator as τ → 0 (error O(τ / MFPT)).
+    landscape, _, _ = analytic_landscape(n_bins=60)
+    basins = products.find_basins(landscape)
+    model = products.diffusion_model(landscape, 0.7)
+    ours = products.state_mean_first_passage_times(model, basins)
+    msm = products.markov_state_model(model, lag_time=1e-3)
+    rows = [model.row_of_cell(cell) for cell in basins.minimum_cells]
+    assert msm.mfpt([rows[0]], [rows[1]]) == pytest.approx(ours[0, 1], rel=5e-3)
+    assert msm.mfpt([rows[1]], [rows[0]]) == pytest.approx(ours[1, 0], rel=5e-3)
+
+
 def test_first_passage_times_in_two_dimensions_reduce_to_one_dimension_when_separable():
     # F(x, y) = F1(x) + F2(y): motion along x does not depend on y, so the time to first reach
     # a column x = x_b from (x_a, any y) is the 1-D time from x_a to x_b.

@@ -90,14 +90,17 @@ def _plot_two_dimensions(plt, landscape, basins):
     top = min(max(float(np.nanmax(free_energy)), 1.0), 12.0)
     step = 0.5 if top <= 8.0 else 1.0
     levels = np.arange(0.0, top + step, step)
-    filled = axis.contourf(x, y, free_energy.T, levels=levels, cmap="viridis", extend="max")
-    figure.colorbar(filled, ax=axis, label=landscape.energy_label)
-    axis.contour(x, y, free_energy.T, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
+    import matplotlib.colors
+
+    norm = matplotlib.colors.BoundaryNorm(levels, plt.get_cmap("viridis").N, extend="max")
+    cells = axis.pcolormesh(*landscape.grid.edges, free_energy.T, cmap="viridis", norm=norm, shading="flat")
+    figure.colorbar(cells, ax=axis, label=landscape.energy_label)
+    axis.set_title("free energy (empty cells white)", fontsize=10)
     bounded = np.isfinite(landscape.free_energy_high) & np.isfinite(landscape.free_energy_low)
     width = np.full(bounded.shape, np.nan)
     width[bounded] = landscape.free_energy_high[bounded] - landscape.free_energy_low[bounded]
     image = band_axis.pcolormesh(*landscape.grid.edges, width.T, cmap="magma_r", shading="flat")
-    figure.colorbar(image, ax=band_axis, label=f"width of the {100 * landscape.confidence:.0f}% band of F (kT)")
+    figure.colorbar(image, ax=band_axis, label=f"width of the {100 * landscape.confidence:.0f}% band of {landscape.energy_label}")
     band_axis.set_title("uncertainty of F", fontsize=10)
     centres = np.stack(np.meshgrid(x, y, indexing="ij"), axis=-1).reshape(-1, 2)
     for target in (axis, band_axis):

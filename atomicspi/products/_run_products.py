@@ -165,6 +165,13 @@ def run_products(
             "frames_of_ensemble_samples": structures["frames"].tolist(),
             "weights": "equal (1/n_structures): exact samples of the aggregated posterior",
         }
+        if variables.frames_are_samples:
+            n_dimensions = landscape.n_dimensions
+            sampled = variables.draws.reshape(n_particles * n_draws, n_dimensions)[structures["frames"]]
+            cells = landscape.grid.cell_indices(sampled)
+            record["ensemble"]["states_of_structures"] = [
+                int(basins.labels.ravel()[cell]) if cell >= 0 else -1 for cell in cells
+            ]
 
     plot_landscape(landscape, basins, output_dir / "landscape.png", title=_title(variables, n_particles))
     arrays = {
