@@ -147,3 +147,28 @@ def test_plot_is_written(tmp_path, n_dimensions):
     products.plot_landscape(landscape, basins, path, title="test")
     assert path.stat().st_size > 10_000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_samples_of_the_aggregated_posterior_follow_its_probabilities():
+    from scipy.stats import chisquare
+
+    rng = np.random.default_rng(10)
+    # Particles with very different posterior widths: a draw-pooling sampler that weighted particles
+    # unequally, or by their number of draws, would be caught.
+    draws = rng.normal(size=(50, 40)) * rng.uniform(0.1, 2.0, size=(50, 1)) + rng.normal(size=(50, 1))
+    grid = products.make_grid(draws[..., None], 12)
+    expected = products.aggregated_posterior_probabilities(draws, grid)
+    particles, chosen = products.sample_aggregated_posterior(50, 40, 20000, seed=11)
+    observed = np.bincount(grid.cell_indices(draws[particles, chosen][:, None]), minlength=12)
+    keep = expected > 0
+    assert chisquare(observed[keep], expected[keep] * 20000).pvalue > 1e-3
+    assert np.all(observed[~keep] == 0)
+
+
+def test_free_energy_scales_with_kT():
+    draws = simulate(n_particles=500, n_draws=8, sigma=0.3, prior="right", seed=12)
+    unit = products.free_energy_landscape(draws, n_bins=20, kT=1.0, n_bootstrap=20, seed=1)
+    scaled = products.free_energy_landscape(draws, n_bins=20, kT=2.5, n_bootstrap=20, seed=1)
+    finite = np.isfinite(unit.free_energy)
+    np.testing.assert_allclose(scaled.free_energy[finite], 2.5 * unit.free_energy[finite], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(products.find_basins(scaled).labels, products.find_basins(unit).labels)
