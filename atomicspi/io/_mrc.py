@@ -83,7 +83,15 @@ def read_stack_header(path: str | os.PathLike) -> StackHeader:
 
 
 class _MappedStack:
-    """One memory-mapped stack; pages touched by a read are released after it (resident memory stays small)."""
+    """One memory-mapped stack whose pages are released after each read.
+
+    The kernel may map a whole large page-cache folio (up to MBs) when one image is touched, so
+    images are copied out in small groups and the mapping is released (`MADV_DONTNEED`, which
+    drops only this process's page-table entries, not the page cache) after each group: resident
+    memory stays at the size of the batch being read, whatever the size of the stack.
+    """
+
+    _GROUP = 16
 
     def __init__(self, header: StackHeader):
         self.header = header
@@ -93,16 +101,32 @@ class _MappedStack:
         self._images = np.frombuffer(
             self._map, dtype=header.dtype, count=header.n_images * d * d, offset=header.data_offset
         ).reshape(header.n_images, d, d)
-        self._image_bytes = d * d * header.dtype.itemsize
+        self._can_release = hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+        self._native_float32 = header.dtype == np.dtype(np.float32)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        images = self._images[indices].astype(np.float32, copy=False)
-        start = self.header.data_offset + int(indices.min()) * self._image_bytes
-        stop = self.header.data_offset + (int(indices.max()) + 1) * self._image_bytes
-        start -= start % mmap.PAGESIZE
-        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED, start, min(stop, len(self._map)) - start)
-        return images
+        d = self.header.box_size
+        output = np.empty((len(indices), d, d), dtype=np.float32)
+        for start in range(0, len(indices), self._GROUP):
+            group = indices[start : start + self._GROUP]
+            if self._native_float32:
+                np.take(self._images, group, axis=0, out=output[start : start + len(group)])
+            else:
+                output[start : start + len(group)] = self._images[group]
+            if self._can_release:
+                self._map.madvise(mmap.MADV_DONTNEED)
+        return output
+
+
+def _check_finite(images: np.ndarray, indices: np.ndarray, path: pathlib.Path) -> None:
+    """Raise `InputError` naming the first image with NaN or Inf (a fast sum test first, exact test on failure)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(images.sum(axis=(1, 2), dtype=np.float64)).all():
+            return
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not finite.all():
+        bad = int(indices[np.flatnonzero(~finite)[0]])
+        raise InputError(f"{path}: image {bad + 1}: contains NaN or Inf values")
 
 
 class ImageStacks:
@@ -188,28 +212,28 @@ class ImageStacks:
             raise InputError(f"{self.source}: field {self.field}: no particles requested")
         numbers = self.stack_numbers[indices]
         within = self.image_indices[indices]
-        output = None
-        for number in np.unique(numbers):
+        distinct = np.unique(numbers)
+        parts = []
+        for number in distinct:
             stack = self._stack(int(number))
-            where = np.flatnonzero(numbers == number)
-            wanted = within[where]
+            where = np.flatnonzero(numbers == number) if len(distinct) > 1 else None
+            wanted = within if where is None else within[where]
             if wanted.min() < 0 or wanted.max() >= stack.header.n_images:
                 raise InputError(
                     f"{self.source}: field {self.field}: image {int(wanted.max()) + 1} requested from {stack.header.path}, "
                     f"which holds {stack.header.n_images} images"
                 )
-            order = np.argsort(wanted, kind="stable")
-            images = stack.read(wanted[order])
-            finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
-            if not finite.all():
-                bad = int(wanted[order][np.flatnonzero(~finite)[0]])
-                raise InputError(f"{stack.header.path}: image {bad + 1}: contains NaN or Inf values")
-            if output is None:
-                d = stack.header.box_size
-                output = np.empty((len(indices), d, d), dtype=np.float32)
-            elif output.shape[1] != stack.header.box_size:
-                raise InputError(f"{self.source}: field {self.field}: stacks have different box sizes")
-            output[where[order]] = images
+            images = stack.read(wanted)
+            _check_finite(images, wanted, stack.header.path)
+            parts.append((where, images))
+        if len(parts) == 1:
+            return parts[0][1]
+        boxes = {images.shape[1] for _, images in parts}
+        if len(boxes) > 1:
+            raise InputError(f"{self.source}: field {self.field}: stacks have different box sizes {sorted(boxes)}")
+        output = np.empty((len(indices), *parts[0][1].shape[1:]), dtype=np.float32)
+        for where, images in parts:
+            output[where] = images
         return output
 
 
