@@ -8,7 +8,8 @@ respect to the atom positions (gradient of Σ image · weights). Warm-up (compil
 `block_until_ready`. cryoJAX uses its default `make_image_model` path (dense pixel-integrated
 Gaussian sums, `GaussianMixtureVolume.from_tabulated_parameters` + `GaussianMixtureProjection`).
 Both apply the CTF on the unpadded D × D grid. Prints images/s, ratios and the arithmetic cost
-per image (dense: 5·N·D² multiply-adds; splat: Σ_groups 5·N_g·w_g²) with the achieved rate.
+per image (dense: 5·N·D² multiply-adds and 10·N·(D+1) error functions; splat: Σ_groups 5·N_g·w_g²
+and 10·N_g·(w_g+1)) with the time that each would imply per operation.
 """
 
 import argparse
@@ -79,6 +80,9 @@ def main():
         }
         splat_cost = sum(5 * (stop - start) * window**2 for start, stop, window in image_model.groups)
         dense_cost = 5 * n_atoms * box * box
+        # error functions: 5 Gaussians × 2 axes × (pixels + 1) edges per atom
+        splat_erfs = sum(10 * (stop - start) * (window + 1) for start, stop, window in image_model.groups)
+        dense_erfs = 10 * n_atoms * (box + 1)
         if not options.skip_cryojax:
             import cryojax.simulator as cxs
             from cryojax.constants import PengScatteringFactorParameters
@@ -114,10 +118,12 @@ def main():
             correlation = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours_images, their_images)])
         print(f"\nD = {box}  (splat windows {[(stop - start, window) for start, stop, window in image_model.groups]} as (atoms, w))")
         for name, seconds in results.items():
-            cost = dense_cost if name.startswith("cryoJAX") else splat_cost
+            cost, erfs = (dense_cost, dense_erfs) if name.startswith("cryoJAX") else (splat_cost, splat_erfs)
+            nanoseconds = 1e9 * seconds / batch
             print(
-                f"  {name:17s} {batch / seconds:9.1f} images/s   {1e3 * seconds / batch:8.2f} ms/image   "
-                f"cost {cost / 1e6:8.2f} M multiply-adds/image -> {cost * batch / seconds / 1e9:6.2f} G/s"
+                f"  {name:17s} {batch / seconds:8.1f} images/s {1e3 * seconds / batch:8.2f} ms/image | "
+                f"{cost / 1e6:8.2f} M mult-adds + {erfs / 1e6:5.2f} M erf per image: "
+                f"{nanoseconds / cost:6.3f} ns/mult-add, {nanoseconds / erfs:6.1f} ns/erf if all time went to either"
             )
         if not options.skip_cryojax:
             print(
