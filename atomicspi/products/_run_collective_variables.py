@@ -31,7 +31,7 @@ __all__ = [
     "RunCollectiveVariables",
     "default_collective_variable",
     "load_run_collective_variables",
-    "load_samples_trajectory",
+    "samples_layout",
 ]
 
 _POSTERIOR_KINDS = {"mode": "amplitudes", "latent": "z"}
@@ -201,8 +201,8 @@ def _samples_per_particle(output_dir: pathlib.Path) -> int:
     return value
 
 
-def load_samples_trajectory(output_dir: pathlib.Path):
-    """`ensemble_samples.dcd` on `topology.pdb` as an mdtraj trajectory, and S (draws per particle)."""
+def samples_layout(output_dir: pathlib.Path) -> tuple[int, int]:
+    """`(n_frames of ensemble_samples.dcd, S draws per particle)`, checked, without reading coordinates."""
     import mdtraj
 
     topology = output_dir / "topology.pdb"
@@ -211,29 +211,48 @@ def load_samples_trajectory(output_dir: pathlib.Path):
         if not path.is_file():
             raise InputError(f"{path}: file not found")
     n_draws = _samples_per_particle(output_dir)
-    trajectory = mdtraj.load(str(samples), top=str(topology))
-    if trajectory.n_frames % n_draws:
-        raise InputError(
-            f"{samples}: {trajectory.n_frames} frames is not a multiple of samples_per_particle = {n_draws}"
-        )
-    return trajectory, n_draws
+    try:
+        with mdtraj.formats.DCDTrajectoryFile(str(samples)) as handle:
+            n_frames = len(handle)
+    except OSError as error:
+        raise InputError(f"{samples}: cannot read DCD ({str(error).splitlines()[0]})") from None
+    if n_frames == 0 or n_frames % n_draws:
+        raise InputError(f"{samples}: {n_frames} frames is not a positive multiple of samples_per_particle = {n_draws}")
+    return n_frames, n_draws
+
+
+def _load_samples(output_dir: pathlib.Path, atom_indices) -> np.ndarray:
+    """Positions in Å, `(n_frames, len(atom_indices), 3)`, of the given atoms of every sample (chunked)."""
+    import mdtraj
+
+    chunks = mdtraj.iterload(
+        str(output_dir / "ensemble_samples.dcd"), top=str(output_dir / "topology.pdb"), chunk=2000,
+        atom_indices=np.asarray(atom_indices),
+    )
+    return 10.0 * np.concatenate([chunk.xyz for chunk in chunks]).astype(np.float64)
 
 
 def _structural(output_dir, specification, kind, argument):
     import mdtraj
 
-    trajectory, n_draws = load_samples_trajectory(output_dir)
-    n_atoms = trajectory.n_atoms
+    _, n_draws = samples_layout(output_dir)
+    topology = mdtraj.load_topology(str(output_dir / "topology.pdb"))
+    n_atoms = topology.n_atoms
     if kind in ("distance", "angle"):
         if max(argument) >= n_atoms:
             raise InputError(
                 f"{output_dir / 'topology.pdb'}: --cv {specification}: atom index out of range (n_atoms = {n_atoms})"
             )
+        positions = _load_samples(output_dir, argument)
         if kind == "distance":
-            values = 10.0 * mdtraj.compute_distances(trajectory, [argument])[:, 0]
+            values = np.linalg.norm(positions[:, 1] - positions[:, 0], axis=-1)
             name, unit = f"distance atoms {argument[0]}–{argument[1]}", "Å"
         else:
-            values = np.degrees(mdtraj.compute_angles(trajectory, [argument])[:, 0])
+            first, second = positions[:, 0] - positions[:, 1], positions[:, 2] - positions[:, 1]
+            cosine = np.sum(first * second, axis=-1) / (
+                np.linalg.norm(first, axis=-1) * np.linalg.norm(second, axis=-1)
+            )
+            values = np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
             name, unit = f"angle atoms {argument[0]}–{argument[1]}–{argument[2]}", "°"
     else:
         reference_path = pathlib.Path(argument)
@@ -243,15 +262,15 @@ def _structural(output_dir, specification, kind, argument):
             reference = mdtraj.load(str(reference_path))
         except Exception as error:  # mdtraj raises many types for unreadable files
             raise InputError(f"{reference_path}: cannot read structure ({str(error).splitlines()[0]})") from None
-        ours = trajectory.topology.select("name CA")
+        ours = topology.select("name CA")
         theirs = reference.topology.select("name CA")
         if len(ours) == 0 or len(ours) != len(theirs):
             raise InputError(
                 f"{reference_path}: {len(theirs)} Cα atoms, the run's topology.pdb has {len(ours)} (must match, > 0)"
             )
-        values = _superposed_rmsd(10.0 * trajectory.xyz[:, ours], 10.0 * reference.xyz[0, theirs])
+        values = _superposed_rmsd(_load_samples(output_dir, ours), 10.0 * reference.xyz[0, theirs])
         name, unit = f"Cα RMSD to {reference_path.name}", "Å"
-    return values.reshape(-1, n_draws).astype(float), name, unit
+    return values.reshape(-1, n_draws), name, unit
 
 
 def _superposed_rmsd(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from ..io._errors import InputError
 from ._aggregated_posterior import aggregated_posterior_probabilities, as_draws_array, sample_aggregated_posterior
 from ._basins import find_basins
 from ._diffusion_model import diffusion_model
@@ -25,7 +26,7 @@ from ._representatives import representative_particles
 from ._run_collective_variables import (
     default_collective_variable,
     load_run_collective_variables,
-    load_samples_trajectory,
+    samples_layout,
 )
 
 __all__ = ["run_products"]
@@ -227,27 +228,30 @@ def _connected_number_of_bins(draws: np.ndarray) -> int:
 
 
 def _structures(output_dir, representatives, n_particles, n_structures, seed):
-    """Sampled ensemble and per-state representatives, or None when the structure files are absent."""
+    """Sampled ensemble and per-state representatives (only those frames are read), or None when
+    the structure files are absent."""
     import mdtraj
 
     names = ("topology.pdb", "ensemble_samples.dcd", "ensemble_mean.dcd")
     if not all((output_dir / name).is_file() for name in names):
         return None
-    samples, n_draws = load_samples_trajectory(output_dir)
-    means = mdtraj.load(str(output_dir / "ensemble_mean.dcd"), top=str(output_dir / "topology.pdb"))
-    if samples.n_frames != n_particles * n_draws or means.n_frames != n_particles:
-        from ..io._errors import InputError
-
+    n_frames, n_draws = samples_layout(output_dir)
+    with mdtraj.formats.DCDTrajectoryFile(str(output_dir / "ensemble_mean.dcd")) as handle:
+        n_means = len(handle)
+    if n_frames != n_particles * n_draws or n_means != n_particles:
         raise InputError(
-            f"{output_dir / 'ensemble_samples.dcd'}: {samples.n_frames} frames and ensemble_mean.dcd "
-            f"{means.n_frames} frames do not match {n_particles} particles × {n_draws} samples"
+            f"{output_dir / 'ensemble_samples.dcd'}: {n_frames} frames and ensemble_mean.dcd "
+            f"{n_means} frames do not match {n_particles} particles × {n_draws} samples"
         )
+    topology = str(output_dir / "topology.pdb")
     particles, draws = sample_aggregated_posterior(n_particles, n_draws, n_structures, seed)
     frames = particles * n_draws + draws
+    samples = str(output_dir / "ensemble_samples.dcd")
+    means = str(output_dir / "ensemble_mean.dcd")
     return {
         "frames": frames,
-        "ensemble": samples[frames],
-        "representatives": [means[int(particle)] for particle in representatives],
+        "ensemble": mdtraj.join([mdtraj.load_frame(samples, int(frame), top=topology) for frame in frames]),
+        "representatives": [mdtraj.load_frame(means, int(particle), top=topology) for particle in representatives],
     }
 
 
