@@ -122,7 +122,7 @@ def initialize_training(svi: SVI, key: Array, batch: Mapping[str, Array]) -> Tra
     **Arguments:**
 
     - `svi`: from `make_svi`.
-    - `key`: a JAX PRNG key (`jax.random.key(seed)` or `jax.random.PRNGKey(seed)`).
+    - `key`: a JAX PRNG key, `jax.random.PRNGKey(seed)`.
     - `batch`: a minibatch, the dict of arrays passed to the model and the guide.
 
     **Returns:**

@@ -1,1 +1,19 @@
-"""NumPyro generative models (installed as `atomicspi.models`)."""
+"""NumPyro generative models (installed as `atomicspi.models`).
+
+Each model is a plain function `model(*, images, rotations, shifts_in_angstroms, ctf, context, n_particles, ...)`
+with a `particle` plate over
+the minibatch; the microscope is the likelihood. `MODELS` maps the names used in `dataset.yaml`.
+"""
+
+from ._context import ModelContext as ModelContext
+from ._context import ModelOptions as ModelOptions
+from ._context import build_model_context as build_model_context
+from ._deformation import Decoder as Decoder
+from ._deformation import deformation as deformation
+from ._deformation import deformation_positions as deformation_positions
+from ._homogeneous import homogeneous as homogeneous
+from ._likelihood import render_images as render_images
+from ._nma import nma as nma
+from ._nma import nma_positions as nma_positions
+
+MODELS = {"nma": nma, "deformation": deformation, "homogeneous": homogeneous}

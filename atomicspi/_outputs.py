@@ -1,0 +1,110 @@
+"""Writing an inference run's output folder: structures, ensembles, the ArviZ posterior, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+__all__ = ["write_ensemble", "write_posterior", "write_run_record", "plot_elbo", "plot_fits"]
+
+
+def write_ensemble(folder: pathlib.Path, structure, mean_positions, sample_positions) -> None:
+    """`topology.pdb` (the atoms the model moves), `ensemble_mean.dcd` (frame i = posterior mean of
+    particle i) and `ensemble_samples.dcd` (S draws per particle, particle-major)."""
+    structure.to_mdtraj().save_pdb(str(folder / "topology.pdb"))
+    structure.to_mdtraj(mean_positions).save_dcd(str(folder / "ensemble_mean.dcd"))
+    n_particles, n_samples = sample_positions.shape[:2]
+    structure.to_mdtraj(sample_positions.reshape(n_particles * n_samples, -1, 3)).save_dcd(
+        str(folder / "ensemble_samples.dcd")
+    )
+
+
+def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict) -> None:
+    """`posterior.nc`: ArviZ InferenceData; local variables have dims (chain, draw, particle, ...)."""
+    import arviz as az
+
+    posterior = {}
+    dims = {}
+    for name, values in local_draws.items():
+        values = np.asarray(values)  # (particle, draw, ...)
+        posterior[name] = np.moveaxis(values, 1, 0)[None]
+        dims[name] = ["particle"] + [f"{name}_dim_{i}" for i in range(values.ndim - 2)]
+    n_draws = next(iter(posterior.values())).shape[1] if posterior else 1
+    for name, values in global_draws.items():
+        values = np.asarray(values)
+        posterior[name] = values[None, :n_draws]
+        dims[name] = [f"{name}_dim_{i}" for i in range(values.ndim - 1)]
+    data = az.from_dict(posterior=posterior, dims=dims)
+    temporary = path.with_suffix(".nc.tmp")
+    data.to_netcdf(str(temporary), engine="h5netcdf")
+    os.replace(temporary, path)
+
+
+def write_run_record(path: pathlib.Path, record: dict) -> None:
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=1, default=_json_default))
+    os.replace(temporary, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, pathlib.Path):
+        return str(value)
+    return str(value)
+
+
+def plot_elbo(path: pathlib.Path, losses) -> None:
+    """The loss (the negative ELBO estimate of the whole stack, from each minibatch) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = np.asarray(losses, dtype=float)
+    losses = losses[np.isfinite(losses)]
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    steps = np.arange(1, len(losses) + 1)
+    axis.plot(steps, losses, lw=0.6, alpha=0.5, label="minibatch")
+    window = max(1, len(losses) // 50)
+    if len(losses) >= window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean over {window} steps")
+    axis.set_xlabel("step")
+    axis.set_ylabel("−ELBO (nats)")
+    if np.all(losses > 0):
+        axis.set_yscale("log")
+    axis.legend()
+    axis.set_title("SVI loss")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_fits(path: pathlib.Path, images, models, pixel_size_in_angstroms: float) -> None:
+    """A few particles: image, posterior-mean model image (scaled), residual."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    figure, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), dpi=110, squeeze=False)
+    extent = [0, images.shape[-1] * pixel_size_in_angstroms, images.shape[-2] * pixel_size_in_angstroms, 0]
+    for i in range(n):
+        image, model = np.asarray(images[i]), np.asarray(models[i])
+        for j, (title, picture) in enumerate((("image", image), ("model", model), ("residual", image - model))):
+            axis = axes[i, j]
+            axis.imshow(picture, cmap="gray", extent=extent)
+            axis.set_title(f"particle {i}: {title}", fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    axes[-1, 0].set_xlabel(f"{images.shape[-1] * pixel_size_in_angstroms:.0f} Å")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,247 @@
+"""One inference run, files → dataset → model → guide → posterior → products."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["run_inference"]
+
+_FIT_PARTICLES_SHOWN = 4
+
+
+def _flat_batch(batch) -> dict:
+    """A `ParticleBatch` as the flat dict of float32 arrays the training loop streams."""
+    from atomicspi.io import CTF_FIELDS
+
+    flat = {
+        "indices": np.asarray(batch.indices),
+        "images": np.asarray(batch.images, dtype=np.float32),
+        "rotations": np.asarray(batch.rotations, dtype=np.float32),
+        "shifts_in_angstroms": np.asarray(batch.shifts_in_angstroms, dtype=np.float32),
+    }
+    flat.update({name: np.asarray(batch.ctf[name], dtype=np.float32) for name in CTF_FIELDS})
+    return flat
+
+
+def _with_ctf_parameters(function):
+    """Adapt a model or guide to the flat batch: gather the CTF fields into `CTFParameters`."""
+    from atomicspi.io import CTF_FIELDS
+    from atomicspi.microscope import CTFParameters
+
+    def adapted(**arguments):
+        ctf = CTFParameters(**{name: arguments.pop(name) for name in CTF_FIELDS})
+        return function(ctf=ctf, **arguments)
+
+    adapted.__name__ = getattr(function, "__name__", "function")
+    return adapted
+
+
+def _hashable_configuration(config) -> dict:
+    """The settings a checkpoint must share with the run that resumes it."""
+    settings = dataclasses.asdict(config)
+    for name in ("output", "num_steps", "checkpoint_every", "samples_per_particle"):
+        settings.pop(name, None)
+    return {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in settings.items()}
+
+
+def _ordered_batches(dataset, batch_size: int):
+    """Minibatches in input order (the last one padded by repeating its final particle)."""
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        indices = np.arange(start, min(start + batch_size, n))
+        padded = np.concatenate([indices, np.full(batch_size - len(indices), indices[-1])])
+        yield len(indices), _flat_batch(dataset.batch(padded))
+
+
+def _estimate_noise_std(dataset, n_images: int = 256) -> float:
+    """Per-pixel noise level from the corners of the images (outside the particle's circle)."""
+    images = np.asarray(dataset.images(np.arange(min(n_images, len(dataset)))), dtype=float)
+    d = images.shape[-1]
+    y, x = np.indices((d, d)) - d // 2
+    outside = np.hypot(x, y) > 0.45 * d
+    values = images[:, outside]
+    values = values - values.mean(axis=1, keepdims=True)
+    return float(np.std(values))
+
+
+def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> float:
+    """Least-squares scale from the microscope's units (V·Å) to the images' units, fitting the
+    reference structure's images to the first particles at their given poses."""
+    from atomicspi.io import CTF_FIELDS
+    from atomicspi.microscope import CTFParameters
+    from atomicspi.models import render_images
+
+    batch = dataset.batch(np.arange(min(n_images, len(dataset))))
+    n = len(batch.indices)
+    ctf = CTFParameters(**{name: jnp.asarray(batch.ctf[name], dtype=jnp.float32) for name in CTF_FIELDS})
+    positions = jnp.broadcast_to(jnp.asarray(structure.positions_in_angstroms, dtype=jnp.float32), (n, structure.n_atoms, 3))
+    predicted = np.asarray(
+        render_images(image_model, positions, jnp.asarray(batch.rotations, dtype=jnp.float32),
+                      jnp.asarray(batch.shifts_in_angstroms, dtype=jnp.float32), ctf)
+    )
+    images = np.asarray(batch.images, dtype=float)
+    images = images - images.mean(axis=(1, 2), keepdims=True)
+    return float(np.sum(images * predicted) / np.sum(predicted * predicted))
+
+
+def _positions_from_draws(model_name, context, draws, decoder_params, decoder):
+    """Atom positions for per-particle draws: `(n_particles, n_samples, n_atoms, 3)`."""
+    from atomicspi.models import deformation_positions, nma_positions
+
+    if model_name == "nma":
+        return jax.jit(functools.partial(nma_positions, context))(jnp.asarray(draws["amplitudes"]))
+    if model_name == "deformation":
+        return jax.jit(functools.partial(deformation_positions, context, decoder_params))(jnp.asarray(draws["z"]))
+    raise AssertionError(model_name)
+
+
+def run_inference(config, resume: bool = False, progress: bool = True) -> pathlib.Path:
+    """Run the inference described by a validated `DatasetConfig` and write its output folder.
+
+    **Returns:** the output folder, holding `topology.pdb`, `ensemble_mean.dcd`,
+    `ensemble_samples.dcd`, `posterior.nc`, `run.json`, `elbo.png`, `fits.png`, and the landscape
+    products.
+    """
+    import equinox as eqx
+
+    from atomicspi import __version__
+    from atomicspi._outputs import plot_elbo, plot_fits, write_ensemble, write_posterior, write_run_record
+    import optax
+
+    from atomicspi.inference import AmortizedGuide, draw_posterior, fit, make_batch_mesh, make_epoch_minibatches, make_svi
+    from atomicspi.io import CTF_FIELDS, InputError, load_particles
+    from atomicspi.microscope import CTFParameters, make_image_model
+    from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
+    from atomicspi.structure import load_structure
+
+    timings = {}
+    started = time.perf_counter()
+    dataset = load_particles(config.particles, poses=config.poses_file, datadir=config.datadir)
+    if config.n_particles is not None:
+        dataset = dataset.subset(np.arange(min(config.n_particles, len(dataset))))
+    if dataset.rotations is None:
+        raise InputError(f"{config.particles}: field rotations: `poses: {config.poses}` needs poses in the particle file")
+    structure = load_structure(config.reference)
+    output = pathlib.Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+
+    image_model = make_image_model(
+        structure.atomic_numbers, structure.b_factors_in_angstroms_squared, dataset.box_size, dataset.pixel_size_in_angstroms
+    )
+    contrast = _estimate_contrast(dataset, image_model, structure)
+    if not contrast > 0:
+        raise InputError(
+            f"{config.particles}: images: the particles correlate negatively ({contrast:.3g}) with the reference "
+            "projected at their poses: is the contrast inverted (protein must be bright), or are the poses or "
+            "the reference's frame wrong?"
+        )
+    options = ModelOptions(
+        contrast_guess=contrast,
+        noise_std_guess=_estimate_noise_std(dataset),
+        refine_poses=config.poses == "infer",
+        latent_dim=config.latent_dim,
+    )
+    context = build_model_context(structure, image_model, config.n_modes, config.cutoff_in_angstroms, options)
+    key = jax.random.key(config.seed)
+    model = MODELS[config.model]
+    model_arguments = {"context": context, "n_particles": len(dataset)}
+    decoder = None
+    if config.model == "deformation":
+        decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1))
+        model_arguments["decoder"] = decoder
+    guide = AmortizedGuide(config.model, context, dataset.box_size, jax.random.fold_in(key, 2))
+    timings["setup_seconds"] = time.perf_counter() - started
+
+    batch_size = min(config.batch_size, len(dataset))
+    batches = make_epoch_minibatches(
+        lambda indices: {k: v for k, v in _flat_batch(dataset.batch(indices)).items() if k != "indices"},
+        len(dataset), batch_size, config.seed,
+    )
+    model = _with_ctf_parameters(model)
+    guide_function = _with_ctf_parameters(guide)
+    svi = make_svi(model, guide_function, optax.adam(config.learning_rate), **model_arguments)
+    mesh = make_batch_mesh(jax.devices()[: config.device_count]) if (config.device_count or 1) > 1 else None
+    started = time.perf_counter()
+    result = fit(
+        svi, batches, config.num_steps, seed=config.seed,
+        checkpoint_path=output / "checkpoint.npz", checkpoint_every=config.checkpoint_every,
+        resume=resume, mesh=mesh, configuration=_hashable_configuration(config), progress=progress,
+    )
+    timings["training_seconds"] = time.perf_counter() - started
+    params = result.parameters
+
+    started = time.perf_counter()
+    local_sites = list(guide.local_sizes)
+    ordered = list(_ordered_batches(dataset, batch_size))
+    local, global_ = draw_posterior(
+        guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
+        jax.random.fold_in(key, 3), model_arguments, local_sites,
+    )
+    counts = [count for count, _ in ordered]
+    keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
+    local = {name: values[keep] for name, values in local.items()}
+
+    if config.model == "homogeneous":
+        displacement = np.asarray(params["displacement_loc"])
+        mean_structure = np.asarray(context.atoms_from_bead_displacements(jnp.asarray(displacement)))
+        mean_positions = np.broadcast_to(mean_structure, (len(dataset), *mean_structure.shape))
+        sample_positions = np.asarray(
+            jax.vmap(context.atoms_from_bead_displacements)(jnp.asarray(global_["displacement"]))
+        )
+        sample_positions = np.broadcast_to(sample_positions[None], (len(dataset), *sample_positions.shape))
+    else:
+        decoder_params = None
+        if decoder is not None:
+            decoder_params = eqx.combine(params["decoder$params"], eqx.partition(decoder, eqx.is_inexact_array)[1])
+        sample_positions = np.asarray(_positions_from_draws(config.model, context, local, decoder_params, decoder))
+        mean_positions = sample_positions.mean(axis=1)
+    written = structure.heavy_atoms() if config.output_atoms == "heavy" else structure
+    atom_indices = np.flatnonzero(structure.atomic_numbers != 1) if config.output_atoms == "heavy" else np.arange(structure.n_atoms)
+    write_ensemble(output, written, mean_positions[:, atom_indices], sample_positions[:, :, atom_indices])
+    write_posterior(output / "posterior.nc", local, global_)
+    timings["posterior_seconds"] = time.perf_counter() - started
+
+    plot_elbo(output / "elbo.png", -result.elbo_history)
+    _, first = ordered[0]
+    shown = min(_FIT_PARTICLES_SHOWN, counts[0])
+    ctf = CTFParameters(**{name: jnp.asarray(first[name][:shown]) for name in CTF_FIELDS})
+    rendered = render_images(
+        image_model, jnp.asarray(mean_positions[:shown], dtype=jnp.float32), jnp.asarray(first["rotations"][:shown]),
+        jnp.asarray(first["shifts_in_angstroms"][:shown]), ctf,
+    )
+    images = np.asarray(first["images"][:shown])
+    contrast = np.median(local["contrast"][:shown], axis=1) if "contrast" in local else np.ones(shown)
+    plot_fits(output / "fits.png", images, np.asarray(rendered) * contrast[:, None, None], dataset.pixel_size_in_angstroms)
+
+    record = {
+        "config": dataclasses.asdict(config),
+        "versions": {"atomicspi": __version__, "jax": jax.__version__, "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()]},
+        "n_particles": len(dataset),
+        "box_size": dataset.box_size,
+        "pixel_size_in_angstroms": dataset.pixel_size_in_angstroms,
+        "samples_per_particle": config.samples_per_particle,
+        "output_atoms": config.output_atoms,
+        "timings": timings,
+        "images_per_second": result.images_per_second,
+        "final_elbo": float(np.nanmean(result.elbo_history[-max(1, len(result.elbo_history) // 20):])),
+        "skipped_steps": int(result.state.skipped_steps),
+        "global_posterior_means": {name: np.asarray(v).mean(axis=0) for name, v in global_.items()},
+    }
+    write_run_record(output / "run.json", record)
+    if config.model != "homogeneous":
+        from atomicspi.products import run_products
+
+        started = time.perf_counter()
+        run_products(output, seed=config.seed)
+        record["timings"]["products_seconds"] = time.perf_counter() - started
+        write_run_record(output / "run.json", record)
+    return output

@@ -1,0 +1,121 @@
+"""Amortized guides: an image encoder gives q(local variables of particle i | image i); the global
+variables get their own (non-amortized) variational distributions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.contrib.module import eqx_module
+from numpyro.distributions import constraints
+
+from ._encoder import ImageEncoder
+
+__all__ = ["AmortizedGuide", "ctf_context"]
+
+_SCALE_OFFSET = 3.0  # softplus(x - 3) ≈ 0.05 at initialisation: start with narrow posteriors
+
+
+def ctf_context(ctf) -> jax.Array:
+    """Per-image context for the encoder: mean defocus in µm, shape `(batch, 1)`."""
+    defocus = 0.5 * (jnp.asarray(ctf.defocus_u_in_angstroms) + jnp.asarray(ctf.defocus_v_in_angstroms))
+    return (defocus / 1e4).reshape(-1, 1)
+
+
+def _scale(raw):
+    return jax.nn.softplus(raw - _SCALE_OFFSET) + 1e-4
+
+
+class AmortizedGuide:
+    """The guide for one of `atomicspi.models.MODELS`, with the model's call signature.
+
+    Local sites (per particle, from the encoder):
+
+    - `nma`: `amplitudes` ~ low-rank multivariate normal (rank `rank`), in units of the prior
+      standard deviation at the spring-constant guess, so the encoder works with O(1) numbers;
+    - `deformation`: `z` ~ diagonal normal;
+    - every model: `contrast` ~ log-normal, and with pose refinement `rotation_correction` and
+      `shift_correction` ~ diagonal normals.
+
+    Global sites: `spring_constant` and `noise_std` ~ log-normal; `homogeneous`'s `displacement` ~
+    diagonal normal.
+
+    **Arguments:**
+
+    - `model_name`: "nma", "deformation" or "homogeneous".
+    - `context`: the model's `ModelContext`.
+    - `box_size`: image side D.
+    - `key`: PRNG key for the encoder's initial weights.
+    - `rank`: rank of the covariance factor of the amplitudes (full covariance when ≥ n_modes).
+    """
+
+    def __init__(self, model_name: str, context, box_size: int, key, rank: int = 2):
+        self.model_name = model_name
+        options = context.options
+        self.local_sizes: dict[str, int] = {}
+        if model_name == "nma":
+            k = context.n_modes
+            self.rank = min(rank, k)
+            self.local_sizes["amplitudes"] = 2 * k + k * self.rank
+            self.amplitude_scale = jnp.sqrt(
+                options.temperature_factor / (options.spring_constant_guess * context.mode_eigenvalues)
+            )
+        elif model_name == "deformation":
+            self.local_sizes["z"] = 2 * options.latent_dim
+        elif model_name != "homogeneous":
+            raise ValueError(f"unknown model {model_name!r}")
+        self.local_sizes["contrast"] = 2
+        if options.refine_poses:
+            self.local_sizes["rotation_correction"] = 6
+            self.local_sizes["shift_correction"] = 4
+        self.encoder = ImageEncoder(box_size, sum(self.local_sizes.values()), 1, key)
+        self.options = options
+        self.n_modes = context.n_modes
+
+    def _globals(self, context):
+        options = self.options
+        for name, guess in (("spring_constant", options.spring_constant_guess), ("noise_std", options.noise_std_guess)):
+            loc = numpyro.param(f"{name}_loc", jnp.log(guess))
+            scale = numpyro.param(f"{name}_scale", 0.1, constraint=constraints.positive)
+            numpyro.sample(name, dist.LogNormal(loc, scale))
+        if self.model_name == "homogeneous":
+            shape = (context.n_beads, 3)
+            loc = numpyro.param("displacement_loc", jnp.zeros(shape))
+            scale = numpyro.param("displacement_scale", jnp.full(shape, 0.05), constraint=constraints.positive)
+            numpyro.sample("displacement", dist.Normal(loc, scale).to_event(2))
+
+    def __call__(
+        self, *, images, rotations, shifts_in_angstroms, ctf, context, n_particles: int, decoder=None, indices=None
+    ):
+        self._globals(context)
+        net = eqx_module("encoder", self.encoder)
+        batch_size = images.shape[0]
+        out = jax.vmap(net)(images, ctf_context(ctf))
+        pieces = {}
+        start = 0
+        for name, size in self.local_sizes.items():
+            pieces[name] = out[:, start : start + size]
+            start += size
+        with numpyro.plate("particle", n_particles, subsample_size=batch_size):
+            if "amplitudes" in pieces:
+                k, r, s = self.n_modes, self.rank, self.amplitude_scale
+                raw = pieces["amplitudes"]
+                loc = raw[:, :k] * s
+                diagonal = (_scale(raw[:, k : 2 * k]) * s) ** 2
+                factor = raw[:, 2 * k :].reshape(batch_size, k, r) * 0.1 * s[:, None]
+                numpyro.sample("amplitudes", dist.LowRankMultivariateNormal(loc, factor, diagonal))
+            if "z" in pieces:
+                d = self.options.latent_dim
+                raw = pieces["z"]
+                numpyro.sample("z", dist.Normal(raw[:, :d], _scale(raw[:, d:] + 2.0)).to_event(1))
+            raw = pieces["contrast"]
+            log_contrast = jnp.log(self.options.contrast_guess) + 0.5 * raw[:, 0]
+            numpyro.sample("contrast", dist.LogNormal(log_contrast, 0.5 * _scale(raw[:, 1] + 1.0)))
+            if "rotation_correction" in pieces:
+                raw = pieces["rotation_correction"]
+                width = jnp.deg2rad(self.options.rotation_prior_in_degrees)
+                numpyro.sample("rotation_correction", dist.Normal(width * raw[:, :3], width * _scale(raw[:, 3:])).to_event(1))
+                raw = pieces["shift_correction"]
+                width = self.options.shift_prior_in_angstroms
+                numpyro.sample("shift_correction", dist.Normal(width * raw[:, :2], width * _scale(raw[:, 2:])).to_event(1))

@@ -1,0 +1,126 @@
+"""What every model needs to know besides the data: the atoms it moves, their beads and modes, the
+elastic network of the prior, the microscope, and the model options."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+__all__ = ["ModelContext", "ModelOptions", "build_model_context"]
+
+
+class ModelOptions(eqx.Module):
+    """Options shared by the models (all static).
+
+    - `temperature_factor`: kT in the units of the elastic energy (springs in kT/Å² when it is 1).
+    - `spring_constant_guess`: prior median of the spring constant γ (kT/Å²).
+    - `noise_std_guess`: prior median of the per-pixel noise standard deviation (image units).
+    - `contrast_guess`: prior median of the per-image contrast, the factor from the microscope's
+      physical units (V·Å) to the image's units.
+    - `refine_poses`: add per-particle rotation (radians) and shift (Å) corrections as latent variables.
+    - `rotation_prior_in_degrees`, `shift_prior_in_angstroms`: prior widths of those corrections.
+    - `latent_dim`: dimension of z for the `deformation` model.
+    - `rigid_body_spring_constant`: κ (kT/Å²) of the weak restraint that makes free-form displacement
+      priors proper along the six zero-energy rigid-body directions.
+    """
+
+    temperature_factor: float = eqx.field(static=True, default=1.0)
+    spring_constant_guess: float = eqx.field(static=True, default=0.1)
+    noise_std_guess: float = eqx.field(static=True, default=1.0)
+    contrast_guess: float = eqx.field(static=True, default=1.0)
+    refine_poses: bool = eqx.field(static=True, default=False)
+    rotation_prior_in_degrees: float = eqx.field(static=True, default=2.0)
+    shift_prior_in_angstroms: float = eqx.field(static=True, default=1.0)
+    latent_dim: int = eqx.field(static=True, default=4)
+    rigid_body_spring_constant: float = eqx.field(static=True, default=1e-2)
+
+
+class ModelContext(eqx.Module):
+    """The fixed (non-random) ingredients of a model.
+
+    **Fields:**
+
+    - `reference_positions_in_angstroms`: `(n_atoms, 3)` the reference atoms, centred at the origin
+      of the pose frame.
+    - `atom_to_bead`: `(n_atoms,)` index of the bead each atom follows.
+    - `bead_positions_in_angstroms`: `(n_beads, 3)` reference bead positions.
+    - `mode_vectors`: `(n_modes, n_beads, 3)` orthonormal elastic-network modes (rigid-body removed).
+    - `mode_eigenvalues`: `(n_modes,)` their eigenvalues for unit spring constant (1/Å² · kT units).
+    - `network`: the elastic network (energy of bead positions for a unit spring constant).
+    - `image_model`: the microscope, `(positions, rotation, shift, ctf) -> image [y, x]`.
+    - `options`: `ModelOptions`.
+    """
+
+    reference_positions_in_angstroms: Float[Array, "n_atoms 3"]
+    atom_to_bead: Int[Array, " n_atoms"]
+    bead_positions_in_angstroms: Float[Array, "n_beads 3"]
+    mode_vectors: Float[Array, "n_modes n_beads 3"]
+    mode_eigenvalues: Float[Array, " n_modes"]
+    network: eqx.Module
+    image_model: eqx.Module
+    options: ModelOptions
+
+    @property
+    def n_beads(self) -> int:
+        return self.bead_positions_in_angstroms.shape[0]
+
+    @property
+    def n_modes(self) -> int:
+        return self.mode_eigenvalues.shape[0]
+
+    def atoms_from_bead_displacements(
+        self, bead_displacements_in_angstroms: Float[Array, "n_beads 3"]
+    ) -> Float[Array, "n_atoms 3"]:
+        """Every atom follows its bead: no bond inside a residue is stretched."""
+        return self.reference_positions_in_angstroms + bead_displacements_in_angstroms[self.atom_to_bead]
+
+    def bead_displacements_from_amplitudes(self, amplitudes: Float[Array, " n_modes"]) -> Float[Array, "n_beads 3"]:
+        return jnp.einsum("k,kbc->bc", amplitudes, self.mode_vectors)
+
+    def elastic_log_prior(self, bead_positions_in_angstroms: Float[Array, "n_beads 3"], spring_constant) -> Float[Array, ""]:
+        """log exp(−γE/kT), normalised in γ, with the weak rigid-body restraint (see
+        `atomicspi.structure.elastic_network_log_prior`)."""
+        from atomicspi.structure import elastic_network_log_prior
+
+        return elastic_network_log_prior(
+            self.network, bead_positions_in_angstroms, spring_constant,
+            self.options.temperature_factor, self.options.rigid_body_spring_constant,
+        )
+
+
+def build_model_context(
+    structure,
+    image_model,
+    n_modes: int = 10,
+    cutoff_in_angstroms: float = 15.0,
+    options: ModelOptions | None = None,
+) -> ModelContext:
+    """The common case: Cα beads, an ANM with a cutoff, its lowest modes, atoms following their residue's bead.
+
+    **Arguments:**
+
+    - `structure`: an `atomicspi.structure.AtomicModel` (already in the frame of the poses).
+    - `image_model`: the microscope for these atoms (`atomicspi.microscope.make_image_model`).
+    - `n_modes`: number of lowest non-rigid modes kept.
+    - `cutoff_in_angstroms`: contact cutoff of the elastic network.
+
+    **Returns:** a `ModelContext`.
+    """
+    from atomicspi import structure as structure_module
+
+    beads = structure_module.calpha_beads(structure)
+    network = structure_module.ElasticNetwork.from_positions(beads.bead_positions_in_angstroms, cutoff_in_angstroms)
+    modes = structure_module.normal_modes(network, n_modes)
+    return ModelContext(
+        reference_positions_in_angstroms=jnp.asarray(structure.positions_in_angstroms),
+        atom_to_bead=jnp.asarray(beads.atom_to_bead),
+        bead_positions_in_angstroms=jnp.asarray(beads.bead_positions_in_angstroms),
+        mode_vectors=jnp.asarray(modes.vectors),
+        mode_eigenvalues=jnp.asarray(modes.eigenvalues),
+        network=network,
+        image_model=image_model,
+        options=options or ModelOptions(),
+    )

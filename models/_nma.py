@@ -1,0 +1,48 @@
+"""`nma`: per-particle normal-mode amplitudes with the elastic-network Boltzmann prior."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from atomicspi.structure import mode_amplitude_prior
+
+from ._context import ModelContext
+from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
+
+__all__ = ["nma", "nma_positions"]
+
+
+def nma_positions(context: ModelContext, amplitudes):
+    """Atom positions `(..., n_atoms, 3)` for mode amplitudes `(..., n_modes)` (Å)."""
+    displacements = jnp.einsum("...k,kbc->...bc", amplitudes, context.mode_vectors)
+    return context.reference_positions_in_angstroms + displacements[..., context.atom_to_bead, :]
+
+
+def nma(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n_particles: int, indices=None):
+    """Normal-mode model (aNiMAte's idea, made Bayesian).
+
+    **Random variables:** globals `spring_constant`, `noise_std` (see `sample_globals`); in the
+    `particle` plate: `amplitudes` ~ N(0, kT/(γ λₖ)) over the `n_modes` lowest elastic-network modes
+    (Å, as coefficients of unit-norm mode vectors), optional pose corrections, `contrast`, and the
+    observed `images`.
+
+    **Arguments:**
+
+    - `images` `(B, D, D)` (None to simulate), `rotations` `(B, 3, 3)` (RELION A),
+      `shifts_in_angstroms` `(B, 2)`, `ctf` (`CTFParameters` batched over B), `indices` `(B,)`:
+      one minibatch, passed as keyword arguments (see `atomicspi.inference` on the plate).
+    - `context`: `ModelContext`.
+    - `n_particles`: size of the whole dataset (the plate scales the minibatch by n_particles/B).
+    """
+    spring_constant, noise_std = sample_globals(context)
+    batch_size = rotations.shape[0]
+    prior = mode_amplitude_prior(context.mode_eigenvalues, spring_constant, context.options.temperature_factor)
+    with numpyro.plate("particle", n_particles, subsample_size=batch_size):
+        amplitudes = numpyro.sample("amplitudes", prior)
+        rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
+        positions = nma_positions(context, amplitudes)
+        predicted = render_images(context.image_model, positions, rotations, shifts, ctf)
+        observe_images(context, predicted, noise_std, images)

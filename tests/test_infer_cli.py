@@ -1,0 +1,99 @@
+"""`python -m atomicspi.infer` end to end on a tiny simulated stack, and its handling of bad input."""
+
+import json
+import subprocess
+import sys
+
+import arviz as az
+import mdtraj
+import numpy as np
+import pytest
+import yaml
+
+from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
+from atomicspi.structure import load_structure
+
+N_PARTICLES, SAMPLES = 12, 2
+
+
+def _run(*arguments, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "atomicspi.infer", *map(str, arguments)], capture_output=True, text=True, cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory, example_structure_path):
+    """12 Cα-only AdK particles between closed and open, 24² pixels of 4 Å."""
+    folder = tmp_path_factory.mktemp("tiny")
+    closed = load_structure(example_structure_path).calpha()
+    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
+    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
+    fractions = np.linspace(0.0, 1.0, N_PARTICLES)
+    positions = interpolated_conformations(closed, opened, fractions)
+    particles = simulate_particles(closed, positions, 24, 4.0, 1.0, seed=0)
+    return write_simulated_dataset(
+        folder, closed, particles, truth_extra={"interpolation_fraction": fractions},
+        config_overrides={"num_steps": 4, "batch_size": 4, "samples_per_particle": SAMPLES, "checkpoint_every": 2,
+                          "n_modes": 3, "output_atoms": "all"},
+    )
+
+
+def test_end_to_end_writes_every_product(tiny_dataset):
+    result = _run(tiny_dataset, "--quiet")
+    assert result.returncode == 0, result.stderr
+    output = tiny_dataset.parent / "output"
+    topology = output / "topology.pdb"
+    mean = mdtraj.load(str(output / "ensemble_mean.dcd"), top=str(topology))
+    samples = mdtraj.load(str(output / "ensemble_samples.dcd"), top=str(topology))
+    assert mean.n_frames == N_PARTICLES and samples.n_frames == N_PARTICLES * SAMPLES
+    assert mean.topology.select("name CA").size == 214
+    # Frame i is particle i's posterior mean: the mean of its S draws (particle-major order).
+    np.testing.assert_allclose(mean.xyz, samples.xyz.reshape(N_PARTICLES, SAMPLES, -1, 3).mean(axis=1), atol=1e-3)
+    posterior = az.from_netcdf(str(output / "posterior.nc")).posterior
+    assert posterior["amplitudes"].sizes["particle"] == N_PARTICLES
+    assert posterior["amplitudes"].sizes["draw"] == SAMPLES
+    run = json.loads((output / "run.json").read_text())
+    assert run["samples_per_particle"] == SAMPLES and run["n_particles"] == N_PARTICLES
+    assert np.isfinite(run["final_elbo"])
+    for name in ("elbo.png", "fits.png", "landscape.png"):
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (output / "landscape.npz").exists() and (output / "states.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"model": "nmaa"}, "model"),
+        ({"particles": "missing.star"}, "particles"),
+        ({"surprise": 1}, "surprise"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_yaml_exits_2_with_one_line_and_writes_nothing(tiny_dataset, tmp_path, change, field):
+    config = yaml.safe_load(tiny_dataset.read_text())
+    config.update(change)
+    config["output"] = str(tmp_path / "out")
+    for key in ("particles", "reference"):
+        config[key] = str(tiny_dataset.parent / config[key])
+    path = tmp_path / "dataset.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _run(path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0] and "dataset.yaml" in lines[0] or (
+        field == "particles" and "missing.star" in lines[0]
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_yaml_and_python_tags(tmp_path):
+    result = _run(tmp_path / "nope.yaml")
+    assert result.returncode == 2 and "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("particles: !!python/object/apply:os.system ['touch pwned']\n")
+    result = _run(evil, cwd=tmp_path)
+    assert result.returncode == 2 and "evil.yaml" in result.stderr
+    assert not (tmp_path / "pwned").exists()
