@@ -14,10 +14,9 @@ import pathlib
 import numpy as np
 
 from ..microscope._rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from ._dataset import OpticsGroup, ParticleDataset, group_optics
+from ._dataset import OpticsGroup, ParticleDataset, consistent_optics, group_optics, relative_path
 from ._errors import InputError
 from ._mrc import ImageStacks, write_stack_in_chunks
-from ._star import _relative, consistent_optics
 
 _REQUIRED = ("blob/path", "blob/idx", "blob/shape", "blob/psize_A")
 _CTF_REQUIRED = ("ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
@@ -178,10 +177,10 @@ def write_cryosparc(
             dataset.box_size,
             dataset.pixel_size_in_angstroms,
         )
-        paths = np.full(n, _relative(stack_path, path.parent))
+        paths = np.full(n, relative_path(stack_path, path.parent))
         indices = np.arange(n)
     else:
-        stacks = np.array([_relative(p, path.parent) for p in dataset.image_stacks.stack_paths])
+        stacks = np.array([relative_path(p, path.parent) for p in dataset.image_stacks.stack_paths])
         paths = stacks[dataset.image_stacks.stack_numbers]
         indices = dataset.image_stacks.image_indices
     encoded = np.char.encode(paths.astype(str), "utf-8")

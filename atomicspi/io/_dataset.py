@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import dataclasses
+import os
 import pathlib
 import queue
 import threading
@@ -426,3 +427,39 @@ def particle_dataset_from_arrays(
         extra_columns={},
         source=stack_path,
     )
+
+
+def relative_path(target: pathlib.Path, folder: pathlib.Path) -> str:
+    """`target` relative to `folder` (absolute when no relative path exists), for paths written into files."""
+    try:
+        return os.path.relpath(pathlib.Path(target).resolve(), folder.resolve())
+    except ValueError:  # another drive
+        return str(pathlib.Path(target).resolve())
+
+
+def consistent_optics(dataset: ParticleDataset) -> ParticleDataset:
+    """The dataset with optics groups split where per-particle CTF optics disagree with their group."""
+    if dataset.ctf is None:
+        return dataset
+    groups, indices = dataset.optics_groups, dataset.optics_group_indices
+    table = np.array(
+        [[g.voltage_in_kilovolts, g.spherical_aberration_in_millimeters, g.amplitude_contrast_ratio] for g in groups]
+    )[indices]
+    per_particle = np.column_stack(
+        [dataset.ctf[k] for k in ("voltage_in_kilovolts", "spherical_aberration_in_millimeters", "amplitude_contrast_ratio")]
+    )
+    if np.array_equal(table, per_particle):
+        return dataset
+    labels = np.array([g.number for g in groups])[indices]
+    groups, indices = group_optics(
+        labels,
+        {g.number: g.name for g in groups},
+        dataset.pixel_size_in_angstroms,
+        dataset.box_size,
+        per_particle[:, 0],
+        per_particle[:, 1],
+        per_particle[:, 2],
+        dataset.beam_tilt_in_milliradians,
+        template={g.number: g for g in dataset.optics_groups},
+    )
+    return dataclasses.replace(dataset, optics_groups=groups, optics_group_indices=indices)

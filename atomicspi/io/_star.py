@@ -17,7 +17,6 @@ optics column (`OpticsGroup.extra`) for writing back. Writing produces RELION 3.
 - Beam tilt `rlnBeamTiltX`/`Y` (mrad) and `rlnOddZernike`/`rlnEvenZernike` are kept per optics group.
 """
 
-import dataclasses
 import os
 import pathlib
 import warnings
@@ -27,7 +26,14 @@ import pandas as pd
 import starfile
 
 from ..microscope._rotations import euler_angles_to_matrix, matrix_to_euler_angles
-from ._dataset import OpticsGroup, ParticleDataset, group_optics, particle_dataset_from_arrays
+from ._dataset import (
+    OpticsGroup,
+    ParticleDataset,
+    consistent_optics,
+    group_optics,
+    particle_dataset_from_arrays,
+    relative_path,
+)
 from ._errors import InputError
 from ._mrc import ImageStacks, write_stack, write_stack_in_chunks
 
@@ -348,41 +354,6 @@ def _poses(table, path, block, pixel_size, relion31):
 
 
 
-def _relative(target: pathlib.Path, folder: pathlib.Path) -> str:
-    try:
-        return os.path.relpath(pathlib.Path(target).resolve(), folder.resolve())
-    except ValueError:  # another drive
-        return str(pathlib.Path(target).resolve())
-
-
-def consistent_optics(dataset: ParticleDataset) -> ParticleDataset:
-    """The dataset with optics groups split where per-particle CTF optics disagree with their group."""
-    if dataset.ctf is None:
-        return dataset
-    groups, indices = dataset.optics_groups, dataset.optics_group_indices
-    table = np.array(
-        [[g.voltage_in_kilovolts, g.spherical_aberration_in_millimeters, g.amplitude_contrast_ratio] for g in groups]
-    )[indices]
-    per_particle = np.column_stack(
-        [dataset.ctf[k] for k in ("voltage_in_kilovolts", "spherical_aberration_in_millimeters", "amplitude_contrast_ratio")]
-    )
-    if np.array_equal(table, per_particle):
-        return dataset
-    labels = np.array([g.number for g in groups])[indices]
-    groups, indices = group_optics(
-        labels,
-        {g.number: g.name for g in groups},
-        dataset.pixel_size_in_angstroms,
-        dataset.box_size,
-        per_particle[:, 0],
-        per_particle[:, 1],
-        per_particle[:, 2],
-        dataset.beam_tilt_in_milliradians,
-        template={g.number: g for g in dataset.optics_groups},
-    )
-    return dataclasses.replace(dataset, optics_groups=groups, optics_group_indices=indices)
-
-
 def _format_zernike(values: tuple[float, ...]) -> str:
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
 
@@ -421,9 +392,9 @@ def write_relion_star(
             dataset.box_size,
             dataset.pixel_size_in_angstroms,
         )
-        names = [f"{i + 1:06d}@{_relative(stack_path, path.parent)}" for i in range(n)]
+        names = [f"{i + 1:06d}@{relative_path(stack_path, path.parent)}" for i in range(n)]
     else:
-        stacks = [_relative(p, path.parent) for p in dataset.image_stacks.stack_paths]
+        stacks = [relative_path(p, path.parent) for p in dataset.image_stacks.stack_paths]
         names = [
             f"{index + 1:06d}@{stacks[number]}"
             for number, index in zip(dataset.image_stacks.stack_numbers.tolist(), dataset.image_stacks.image_indices.tolist())
