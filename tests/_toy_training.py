@@ -107,11 +107,12 @@ def train(
     batch_size: int = 16,
     learning_rate: float = 0.02,
     seconds_per_step: float = 0.0,
-    started_file=None,
+    before_batch=None,
     progress: bool = False,
     mesh=None,
 ):
-    """Train the toy model; returns the `FitResult`."""
+    """Train the toy model; returns the `FitResult`. `before_batch(step)`, if given, is called before
+    each minibatch is read."""
     _, stack = make_problem()
     read_particles = lambda indices: {"images": stack[indices]}  # noqa: E731
     minibatches = make_epoch_minibatches(read_particles, N_PARTICLES, batch_size, seed)
@@ -119,8 +120,8 @@ def train(
     def batches(step):
         if seconds_per_step:
             time.sleep(seconds_per_step)
-        if started_file is not None and step == 2:
-            pathlib.Path(started_file).touch()
+        if before_batch is not None:
+            before_batch(step)
         return minibatches(step)
 
     return fit(
@@ -147,6 +148,12 @@ def flat_parameters(parameters: dict) -> dict[str, np.ndarray]:
     return flat
 
 
+def touch_at_step_two(path: pathlib.Path, step: int) -> None:
+    """Create `path` when the minibatch of step 2 is read (training has started)."""
+    if step == 2:
+        path.touch()
+
+
 def main(arguments=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_directory", type=pathlib.Path)
@@ -165,7 +172,7 @@ def main(arguments=None) -> int:
             resume=options.resume,
             checkpoint_every=options.checkpoint_every,
             seconds_per_step=options.seconds_per_step,
-            started_file=options.started_file,
+            before_batch=None if options.started_file is None else functools.partial(touch_at_step_two, options.started_file),
             progress=True,
         )
     except TrainingInterrupted as interrupted:

@@ -21,6 +21,7 @@ import scipy.stats
 import _toy_training as toy
 from atomicspi.inference import (
     NonFiniteTrainingError,
+    TrainingInterrupted,
     epoch_minibatch_indices,
     fit,
     initialize_training,
@@ -74,6 +75,25 @@ def test_particle_plate_takes_the_batch_indices_and_scales_by_n_particles_over_b
         ).sum()
     )
     np.testing.assert_allclose(float(log_density), expected, rtol=1e-5)
+
+
+def test_per_particle_parameters_are_subsampled_at_the_batch_indices():
+    weights, _ = toy.make_problem()
+
+    def local_guide(*, indices, images, weights, n_particles):
+        with numpyro.plate("particle", n_particles, subsample_size=images.shape[0]):
+            loc = numpyro.param("local_loc", jnp.zeros((n_particles, toy.LATENT_DIMENSION)), event_dim=1)
+            numpyro.sample("latent", numpyro.distributions.Normal(loc, 0.3).to_event(1))
+
+    svi = make_svi(
+        toy.model, local_guide, optax.adam(0.1), weights=jnp.asarray(weights), n_particles=toy.N_PARTICLES
+    )
+    indices = np.array([1, 5, 6, 30, 31, 50, 62, 63])
+    batch = _toy_batch(indices)
+    state = initialize_training(svi, jax.random.PRNGKey(0), batch)
+    state, _ = make_training_step(svi)(state, _stacked(batch))
+    moved = np.any(np.asarray(svi.get_params(state.svi_state)["local_loc"]) != 0, axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(moved), indices)
 
 
 def test_fit_converges_to_the_exact_posterior_mean_and_mean_field_scale():
@@ -241,6 +261,30 @@ def subprocess_environment(tmp_path_factory):
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("compilation_cache")),
     }
+
+
+def test_sigint_in_process_checkpoints_raises_and_resumes_to_the_uninterrupted_result(
+    tmp_path, uninterrupted_parameters
+):
+    def interrupt_at_step_50(step):
+        if step == 50:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        toy.train(tmp_path, KILL_RUN_STEPS, seed=7, checkpoint_every=1000, before_batch=interrupt_at_step_50)
+    assert interrupted.value.exit_status == 130
+    step = json.loads((tmp_path / "checkpoint.json").read_text())["step"]
+    assert step == interrupted.value.step and 50 <= step < KILL_RUN_STEPS
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    resumed = toy.train(tmp_path, KILL_RUN_STEPS, seed=7, resume=True)
+    reference, reference_elbo = uninterrupted_parameters
+    final = toy.flat_parameters(resumed.parameters)
+    for name in reference:
+        np.testing.assert_allclose(final[name], reference[name], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(resumed.elbo_history, reference_elbo, rtol=1e-5)
+
+    with pytest.raises(KeyboardInterrupt, match="no checkpoint_path, nothing saved"):
+        toy.train(None, KILL_RUN_STEPS, seed=7, before_batch=interrupt_at_step_50)
 
 
 def _start_training(directory: pathlib.Path, environment, *extra: str) -> subprocess.Popen:
