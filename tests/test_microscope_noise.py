@@ -61,12 +61,12 @@ def test_coloured_noise_samples_have_requested_power_spectrum():
     box = 32
     spectrum = jnp.linspace(3.0, 0.2, box // 2 + 1)
     keys = jax.random.split(jax.random.key(0), 400)
-    samples = jax.vmap(lambda key: sample_gaussian_noise(key, box, spectrum))(keys)
+    samples = jax.jit(jax.vmap(lambda key: sample_gaussian_noise(key, box, spectrum)))(keys)
     power = jnp.mean(jnp.abs(jnp.fft.rfft2(samples)) ** 2, axis=0) / box**2
-    measured = np.asarray(radial_average(power))
+    measured = np.asarray(jax.jit(radial_average)(power))
     # shells 1.. hold ≥ 4 frequencies × 400 samples: a few percent of noise
     np.testing.assert_allclose(measured[1:], np.asarray(spectrum)[1:], rtol=0.12)
-    white = jax.vmap(lambda key: sample_gaussian_noise(key, box, 0.25))(keys[:50])
+    white = jax.jit(jax.vmap(lambda key: sample_gaussian_noise(key, box, 0.25)))(keys[:50])
     assert float(jnp.var(white)) == pytest.approx(0.25, rel=0.03)
 
 
