@@ -160,6 +160,13 @@ def test_star_round_trip_with_beam_tilt_zernike_and_two_groups(formats, tmp_path
     again = io.load_particles(tmp_path / "out.star")
     assert_same_dataset(original, again)
     assert again.optics_groups == original.optics_groups
+    # Batches carry each particle's group optics under CTFParameters' field names.
+    batch = again.batch([4, 0])
+    np.testing.assert_allclose(batch.ctf["beam_tilt_x_in_milliradians"], [0.0, 0.5])
+    np.testing.assert_allclose(batch.ctf["beam_tilt_y_in_milliradians"], [0.0, -0.25])
+    np.testing.assert_allclose(batch.ctf["odd_zernike_coefficients"], [[0] * 6, [0.1, 0.2, 3.5, 0, 0, 1.5]])
+    np.testing.assert_allclose(batch.ctf["even_zernike_coefficients"], [[0, 0, 0], [4, 5, 6]])
+    np.testing.assert_allclose(batch.ctf["voltage_in_kilovolts"], [200, 300])
 
 
 def test_relion30_to_31_conversion_keeps_poses_and_ctf(formats, tmp_path):
@@ -204,7 +211,7 @@ def test_minibatches_stream_every_particle_once(formats):
     for batch in dataset.minibatches(batch_size=96, seed=3, epoch=1, prefetch=2):
         np.testing.assert_array_equal(batch.images, reference[batch.indices])
         np.testing.assert_allclose(batch.ctf["phase_shift_in_degrees"], 90.0)
-        assert batch.ctf["beam_tilt_in_milliradians"].shape == (len(batch.indices), 2)
+        assert "beam_tilt_x_in_milliradians" not in batch.ctf  # no beam tilt in this file
         seen.append(batch.indices)
     order = np.concatenate(seen)
     assert sorted(order.tolist()) == list(range(1000))
@@ -284,3 +291,14 @@ def test_write_particles_star_from_memory(tmp_path):
     np.testing.assert_allclose(dataset.rotations, rotations, atol=1e-5)
     np.testing.assert_allclose(dataset.shifts_in_angstroms, shifts, atol=1e-6)
     assert dataset.pixel_size_in_angstroms == 2.0
+
+
+def test_batch_ctf_names_are_the_microscope_parameters(formats):
+    import dataclasses
+
+    from atomicspi.microscope import CTFParameters
+
+    names = {field.name for field in dataclasses.fields(CTFParameters)}
+    batch = io.load_particles(formats / "relion31.star").batch([0, 1])
+    assert set(batch.ctf) <= names
+    assert set(io.CTF_FIELDS) <= names

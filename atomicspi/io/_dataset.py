@@ -60,8 +60,11 @@ class ParticleBatch(NamedTuple):
 
     - `indices`: `(B,)` particle indices into the dataset.
     - `images`: `(B, D, D)` float32 images indexed `[y, x]`.
-    - `ctf`: dict of `(B,)` float arrays named as `CTF_FIELDS`, plus `beam_tilt_in_milliradians`
-      `(B, 2)`; None when the dataset has no CTF.
+    - `ctf`: dict of `(B,)` float arrays named as `CTF_FIELDS` (the field names of
+      `atomicspi.microscope.CTFParameters`); plus `beam_tilt_x_in_milliradians` and
+      `beam_tilt_y_in_milliradians` `(B,)` when some optics group has beam tilt, and
+      `odd_zernike_coefficients` / `even_zernike_coefficients` `(B, n)` (RELION's order, padded
+      with zeros to the longest group) when some group has them; None when the dataset has no CTF.
     - `rotations`: `(B, 3, 3)` RELION matrices `A`, or None.
     - `shifts_in_angstroms`: `(B, 2)` `(x, y)`, or None.
     """
@@ -200,7 +203,18 @@ class ParticleDataset:
         ctf = None
         if self.ctf is not None:
             ctf = {k: v[indices] for k, v in self.ctf.items()}
-            ctf["beam_tilt_in_milliradians"] = self.beam_tilt_in_milliradians[indices]
+            groups = self.optics_group_indices[indices]
+            if any(g.beam_tilt_in_milliradians != (0.0, 0.0) for g in self.optics_groups):
+                tilt = self.beam_tilt_in_milliradians[indices]
+                ctf["beam_tilt_x_in_milliradians"] = tilt[:, 0]
+                ctf["beam_tilt_y_in_milliradians"] = tilt[:, 1]
+            for name, attribute in (("odd_zernike_coefficients", "odd_zernike"), ("even_zernike_coefficients", "even_zernike")):
+                width = max(len(getattr(g, attribute)) for g in self.optics_groups)
+                if width:
+                    table = np.zeros((len(self.optics_groups), width))
+                    for row, group in enumerate(self.optics_groups):
+                        table[row, : len(getattr(group, attribute))] = getattr(group, attribute)
+                    ctf[name] = table[groups]
         return ParticleBatch(
             indices=indices,
             images=self.images(indices),
