@@ -302,3 +302,30 @@ def test_batch_ctf_names_are_the_microscope_parameters(formats):
     batch = io.load_particles(formats / "relion31.star").batch([0, 1])
     assert set(batch.ctf) <= names
     assert set(io.CTF_FIELDS) <= names
+
+
+def test_empiar_star_and_cs_describe_the_same_particles(formats):
+    star = io.load_particles(formats / "empiar_10076_7.star")
+    table = io.load_particles(formats / "empiar_10076_7.cs")
+    for name in io.CTF_FIELDS:
+        np.testing.assert_allclose(star.ctf[name], table.ctf[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(star.images(), table.images())
+
+
+def test_several_stacks_in_one_star(tmp_path):
+    rng = np.random.default_rng(4)
+    first = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    second = rng.normal(size=(2, 8, 8)).astype(np.float32)
+    (tmp_path / "stacks").mkdir()
+    io.write_stack(tmp_path / "stacks" / "a.mrcs", first, 2.0)
+    io.write_stack(tmp_path / "stacks" / "b.mrcs", second, 2.0)
+    names = ["2@stacks/b.mrcs", "1@stacks/a.mrcs", "3@stacks/a.mrcs", "1@stacks/b.mrcs"]
+    rows = "".join(f"{name} 2.0\n" for name in names)
+    (tmp_path / "p.star").write_text(f"data_particles\nloop_\n_rlnImageName\n_rlnImagePixelSize\n{rows}")
+    dataset = io.load_particles(tmp_path / "p.star")
+    expected = np.stack([second[1], first[0], first[2], second[0]])
+    np.testing.assert_array_equal(dataset.images(), expected)
+    np.testing.assert_array_equal(dataset.images([3, 0, 2]), expected[[3, 0, 2]])
+    for batch in dataset.minibatches(3, seed=1):
+        np.testing.assert_array_equal(batch.images, expected[batch.indices])
+    assert dataset.ctf is None and dataset.rotations is None and dataset.pixel_size_in_angstroms == 2.0
