@@ -76,7 +76,7 @@ class ParticleBatch(NamedTuple):
     shifts_in_angstroms: np.ndarray | None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ParticleDataset:
     """Particles: lazily read images with their CTF and (optionally) poses.
 
