@@ -47,7 +47,7 @@ def adk():
 def test_integral_of_one_atom_is_scattering_factor_at_zero(x64, method, element, b_factor):
     pixel = 0.7
     model = make_image_model(np.array([element]), np.array([b_factor]), 40, pixel, method=method)
-    image = model.projection(jnp.array([[0.3, -1.2, 4.0]]), jnp.eye(3))
+    image = eqx.filter_jit(model.projection)(jnp.array([[0.3, -1.2, 4.0]]), jnp.eye(3))
     expected = PROJECTED_POTENTIAL_CONSTANT_IN_VOLT_ANGSTROMS_SQUARED * scattering_factor(np.array([element]), 0.0)[0]
     assert float(jnp.sum(image)) * pixel**2 == pytest.approx(expected, rel=2e-4)
 
@@ -61,7 +61,7 @@ def test_fourier_slice_theorem_for_gaussian_density(x64):
     box, pixel = 64, 1.0
     rotation = euler_angles_to_matrix(jnp.array([37.0, 71.0, -122.0]))
     model = make_image_model(None, None, box, pixel, gaussian_table=table)
-    image = np.asarray(model.projection(jnp.asarray(centres), rotation))
+    image = np.asarray(eqx.filter_jit(model.projection)(jnp.asarray(centres), rotation))
     frequencies = np.asarray(rfft_frequencies(box, pixel))
     kx, ky = frequencies[..., 0], frequencies[..., 1]
     # continuous FT of the pixel-averaged image, with pixel (i, j) at ((j - D//2) p, (i - D//2) p)
@@ -208,3 +208,32 @@ def test_splat_handles_atoms_at_and_beyond_box_edges(x64):
         for method in ("splat", "dense")
     ]
     np.testing.assert_allclose(np.asarray(images[0]), np.asarray(images[1]), atol=1e-7 * float(jnp.max(images[1])))
+
+
+def test_pseudo_atom_image_equals_its_atoms_at_the_bead_position(adk):
+    from atomicspi.microscope import residue_pseudo_atoms
+
+    model, positions = adk
+    members = model.residue_indices < 3
+    numbers, b_factors, residues = (
+        model.atomic_numbers[members], model.b_factors_in_angstroms_squared[members], model.residue_indices[members]
+    )
+    beads = jnp.array([[2.0, -3.0, 1.0], [-4.0, 5.0, 0.0], [7.0, 1.0, -2.0]])
+    table = residue_pseudo_atoms(numbers, b_factors, residues)
+    args = (euler_angles_to_matrix(jnp.array([20.0, 40.0, 60.0])), jnp.array([1.0, -0.5]), CTFParameters(9000.0, 8500.0))
+    bead_image = eqx.filter_jit(make_image_model(None, None, 32, 1.2, gaussian_table=table))(beads, *args)
+    atom_image = eqx.filter_jit(make_image_model(numbers, b_factors, 32, 1.2))(beads[np.searchsorted(np.unique(residues), residues)], *args)
+    np.testing.assert_allclose(np.asarray(bead_image), np.asarray(atom_image), atol=1e-4 * float(jnp.abs(atom_image).max()))
+
+
+def test_make_image_model_rejects_bad_input():
+    from atomicspi.io import InputError
+
+    with pytest.raises(InputError, match="gaussian_table"):
+        make_image_model(np.array([6]), None, 16, 1.0, gaussian_table=np.ones((1, 5, 2)))
+    with pytest.raises(InputError, match="gaussian_table"):
+        make_image_model(None, None, 16, 1.0, gaussian_table=np.ones((1, 5)))
+    with pytest.raises(InputError, match="b_factors"):
+        make_image_model(np.array([6, 7]), np.array([1.0]), 16, 1.0)
+    with pytest.raises(InputError, match="padding_factor"):
+        make_image_model(np.array([6]), None, 16, 1.0, padding_factor=0.5)
