@@ -63,8 +63,9 @@ def wavelength_in_angstroms(voltage_in_kilovolts: Float[ArrayLike, "..."]) -> Fl
 class CTFParameters(eqx.Module):
     """Per-image contrast transfer function parameters (RELION names and units).
 
-    All fields are arrays so that a batch of images is a `CTFParameters` with a leading axis
-    (use `jax.vmap` over it). `beam_tilt_*`, `odd_zernike_coefficients` and
+    Fields are scalars (or arrays); a batch of images is a `CTFParameters` whose leaves all have
+    a leading batch axis (for `jax.vmap(..., in_axes=0)`; with some leaves shared, pass a
+    matching `in_axes` pytree or `eqx.filter_vmap`). `beam_tilt_*`, `odd_zernike_coefficients` and
     `even_zernike_coefficients` are optional (RELION 5 optics tables: `rlnBeamTiltX/Y`,
     `rlnOddZernike`, `rlnEvenZernike`).
     """
