@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from numpyro.infer import SVI
@@ -166,9 +165,9 @@ def fit(
                 losses = np.asarray(output.losses)
                 skipped = np.asarray(output.skipped)
                 step += count
-                elbo_history.extend(math.nan if skip else -float(loss) for loss, skip in zip(losses, skipped))
-                bar.update(count, [-float(loss) for loss, skip in zip(losses, skipped) if not skip],
-                           int(state.skipped_steps))
+                elbos = [math.nan if skip else -float(loss) for loss, skip in zip(losses, skipped)]
+                elbo_history.extend(elbos)
+                bar.update(count, elbos, int(state.skipped_steps))
                 if int(state.consecutive_skipped_steps) >= max_consecutive_skipped_steps:
                     raise NonFiniteTrainingError(
                         f"{int(state.consecutive_skipped_steps)} consecutive steps up to step {step} had a "

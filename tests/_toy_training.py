@@ -164,6 +164,7 @@ def main(arguments=None) -> int:
     parser.add_argument("--started-file", type=pathlib.Path)
     parser.add_argument("--resume", action="store_true")
     options = parser.parse_args(arguments)
+    before_batch = None if options.started_file is None else functools.partial(touch_at_step_two, options.started_file)
     try:
         result = train(
             options.output_directory,
@@ -172,7 +173,7 @@ def main(arguments=None) -> int:
             resume=options.resume,
             checkpoint_every=options.checkpoint_every,
             seconds_per_step=options.seconds_per_step,
-            before_batch=None if options.started_file is None else functools.partial(touch_at_step_two, options.started_file),
+            before_batch=before_batch,
             progress=True,
         )
     except TrainingInterrupted as interrupted:

@@ -222,7 +222,12 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     save_checkpoint(path, first, elbo_history=np.zeros(1), metadata={"step": 1})
     replacements = []
     real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda source, target: replacements.append((source, target)) or real_replace(source, target))
+
+    def recording_replace(source, target):
+        replacements.append((source, target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
     save_checkpoint(path, {"weights": jnp.arange(4.0) + 1}, elbo_history=np.zeros(2), metadata={"step": 2})
     for source, target in replacements:  # renamed from a temporary file in the same directory
         assert pathlib.Path(source).parent == pathlib.Path(target).parent == tmp_path
@@ -324,7 +329,9 @@ def _resume_and_compare(directory: pathlib.Path, environment, uninterrupted_para
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
     tmp_path, subprocess_environment, uninterrupted_parameters
 ):
-    process = _start_training(tmp_path, subprocess_environment, "--checkpoint-every", "20", "--seconds-per-step", "0.01")
+    process = _start_training(
+        tmp_path, subprocess_environment, "--checkpoint-every", "20", "--seconds-per-step", "0.01"
+    )
     _wait_for(tmp_path / "checkpoint.json", process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -337,7 +344,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, subprocess_environment, uninterrupted_parameters):
     started = tmp_path / "started"
     process = _start_training(
-        tmp_path, subprocess_environment, "--checkpoint-every", "1000", "--seconds-per-step", "0.01", "--started-file", str(started)
+        tmp_path,
+        subprocess_environment,
+        *("--checkpoint-every", "1000", "--seconds-per-step", "0.01", "--started-file", str(started)),
     )
     _wait_for(started, process)
     assert not (tmp_path / "checkpoint.npz").exists()  # no periodic checkpoint before the signal
@@ -385,4 +394,6 @@ def test_data_parallel_run_over_two_devices_matches_the_single_device_run(tmp_pa
         names = [name.removeprefix("single/") for name in parameters.files if name.startswith("single/")]
         assert names
         for name in names:
-            np.testing.assert_allclose(parameters["sharded/" + name], parameters["single/" + name], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                parameters["sharded/" + name], parameters["single/" + name], rtol=1e-5, atol=1e-6
+            )
