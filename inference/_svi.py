@@ -74,9 +74,9 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 def _with_batch_indices(function: Callable, plate_name: str) -> Callable:
-    def with_batch_indices(**batch):
-        with numpyro.handlers.substitute(data={plate_name: jnp.asarray(batch["indices"])}):
-            return function(**batch)
+    def with_batch_indices(**kwargs):
+        with numpyro.handlers.substitute(data={plate_name: jnp.asarray(kwargs["indices"])}):
+            return function(**kwargs)
 
     with_batch_indices.__name__ = getattr(function, "__name__", "function")
     return with_batch_indices
@@ -101,7 +101,9 @@ def make_svi(
     - `optimizer`: an optax gradient transformation, e.g. `optax.adam(1e-3)`.
     - `num_particles`: the number of Monte Carlo draws per ELBO estimate.
     - `plate_name`: the name of the plate over particles.
-    - `static_kwargs`: keyword arguments passed unchanged to the model and the guide on every step.
+    - `static_kwargs`: keyword arguments passed unchanged to the model and the guide on every step
+        (the reference structure, the image model, `n_particles`, ...); arrays among them are
+        compiled into the training step as constants.
 
     **Returns:**
 
