@@ -145,3 +145,17 @@ def test_disconnected_network_is_rejected(x64):
     network = ElasticNetwork.from_positions(two_blobs, 15.0)
     with pytest.raises(InputError, match="disconnected"):
         normal_modes(network, 5)
+
+
+def test_modes_are_double_precision_without_x64(adk_calpha):
+    """With JAX in float32 mode the modes are still solved in float64 (only the returned arrays are float32)."""
+    prody = pytest.importorskip("prody")
+    prody.confProDy(verbosity="none")
+    closed, _ = adk_calpha
+    modes = normal_modes(ElasticNetwork.from_positions(closed, 15.0), 20)
+    anm = prody.ANM()
+    anm.buildHessian(closed, cutoff=15.0, gamma=1.0)
+    anm.calcModes(20)
+    np.testing.assert_allclose(np.asarray(modes.eigenvalues, dtype=float), anm.getEigvals(), rtol=1e-6)
+    energy = eqx.filter_jit(ElasticNetwork.from_positions(closed, 15.0).energy)(jnp.asarray(closed) + 0.1)
+    assert energy.dtype == jnp.float32 and float(energy) < 1e-3

@@ -33,13 +33,15 @@ class ElasticNetwork(eqx.Module):
     - `rest_lengths_in_angstroms`: `(n_contacts,)` spring lengths d⁰ at the reference.
     - `spring_weights`: `(n_contacts,)` dimensionless factors multiplying γ (ones for a plain ANM).
 
-    Build one with `ElasticNetwork.from_positions`.
+    Build one with `ElasticNetwork.from_positions`. The fields are float64 NumPy arrays (so the
+    Hessian and modes are computed in double precision whatever JAX's x64 setting); inside a JAX
+    transformation they become JAX arrays like any other leaf.
     """
 
-    reference_positions_in_angstroms: Float[Array, "n_beads 3"]
+    reference_positions_in_angstroms: Float[np.ndarray, "n_beads 3"]
     pairs: Int[np.ndarray, "n_contacts 2"]
-    rest_lengths_in_angstroms: Float[Array, " n_contacts"]
-    spring_weights: Float[Array, " n_contacts"]
+    rest_lengths_in_angstroms: Float[np.ndarray, " n_contacts"]
+    spring_weights: Float[np.ndarray, " n_contacts"]
 
     @classmethod
     def from_positions(
@@ -70,10 +72,10 @@ class ElasticNetwork(eqx.Module):
             raise InputError("reference_positions_in_angstroms: two beads sit at the same position")
         weights = (rest_lengths / weight_reference_distance_in_angstroms) ** (-float(distance_exponent))
         return cls(
-            reference_positions_in_angstroms=jnp.asarray(positions),
+            reference_positions_in_angstroms=positions,
             pairs=pairs,
-            rest_lengths_in_angstroms=jnp.asarray(rest_lengths),
-            spring_weights=jnp.asarray(weights),
+            rest_lengths_in_angstroms=rest_lengths,
+            spring_weights=weights,
         )
 
     @property
@@ -96,10 +98,11 @@ class ElasticNetwork(eqx.Module):
         stretch = lengths - self.rest_lengths_in_angstroms
         return 0.5 * spring_constant * jnp.sum(self.spring_weights * stretch * stretch)
 
-    def _super_elements(self, spring_constant):
-        x = self.reference_positions_in_angstroms
+    def _super_elements(self, spring_constant, array_module):
+        """γ w d dᵀ / |d|² for every contact, `(n_contacts, 3, 3)`, with NumPy or jax.numpy."""
+        x = array_module.asarray(self.reference_positions_in_angstroms)
         differences = x[self.pairs[:, 0]] - x[self.pairs[:, 1]]
-        scale = spring_constant * self.spring_weights / jnp.sum(differences * differences, axis=-1)
+        scale = spring_constant * array_module.asarray(self.spring_weights) / array_module.sum(differences * differences, axis=-1)
         return scale[:, None, None] * differences[:, :, None] * differences[:, None, :]
 
     def hessian(self, spring_constant: float | Array = 1.0) -> Float[Array, "3*n_beads 3*n_beads"]:
@@ -115,7 +118,7 @@ class ElasticNetwork(eqx.Module):
         **Returns:** `(3 n_beads, 3 n_beads)` symmetric matrix (kT/Å² when γ is in kT/Å²).
         """
         n = self.n_beads
-        blocks = self._super_elements(spring_constant)
+        blocks = self._super_elements(spring_constant, jnp)
         i, j = self.pairs[:, 0], self.pairs[:, 1]
         h = jnp.zeros((n, n, 3, 3), dtype=blocks.dtype)
         h = h.at[i, j].add(-blocks).at[j, i].add(-blocks).at[i, i].add(blocks).at[j, j].add(blocks)
@@ -131,7 +134,7 @@ class ElasticNetwork(eqx.Module):
         **Returns:** `(3 n_beads, 3 n_beads)` sparse symmetric matrix.
         """
         n = self.n_beads
-        blocks = np.asarray(self._super_elements(float(spring_constant)))
+        blocks = self._super_elements(float(spring_constant), np)
         i, j = self.pairs[:, 0], self.pairs[:, 1]
         diagonal = np.zeros((n, 3, 3))
         np.add.at(diagonal, i, blocks)
