@@ -22,8 +22,12 @@ def write_ensemble(folder: pathlib.Path, structure, mean_positions, sample_posit
     )
 
 
+UNITS = {"amplitudes": "Å", "shift_correction": "Å", "rotation_correction": "rad", "spring_constant": "kT/Å²"}
+
+
 def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict) -> None:
-    """`posterior.nc`: ArviZ InferenceData; local variables have dims (chain, draw, particle, ...)."""
+    """`posterior.nc`: ArviZ InferenceData; local variables have dims (chain, draw, particle, ...);
+    variables with physical units carry them in `attrs["units"]`."""
     import arviz as az
 
     posterior = {}
@@ -38,6 +42,9 @@ def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict) -
         posterior[name] = values[None, :n_draws]
         dims[name] = [f"{name}_dim_{i}" for i in range(values.ndim - 1)]
     data = az.from_dict(posterior=posterior, dims=dims)
+    for name, unit in UNITS.items():
+        if name in data.posterior:
+            data.posterior[name].attrs["units"] = unit
     temporary = path.with_suffix(".nc.tmp")
     data.to_netcdf(str(temporary), engine="h5netcdf")
     os.replace(temporary, path)

@@ -124,9 +124,11 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
 
     timings = {}
     started = time.perf_counter()
-    dataset = load_particles(config.particles, poses=config.poses_file, datadir=config.datadir)
+    dataset = load_particles(config.particles, poses=config.poses_file, datadir=config.datadir, ctf=config.ctf_file)
     if config.n_particles is not None:
         dataset = dataset.subset(np.arange(min(config.n_particles, len(dataset))))
+    if dataset.ctf is None:
+        raise InputError(f"{config.particles}: field ctf: the particles have no CTF parameters (give ctf_file)")
     if dataset.rotations is None:
         raise InputError(f"{config.particles}: field rotations: `poses: {config.poses}` needs poses in the particle file")
     structure = load_structure(config.reference)
@@ -149,7 +151,9 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         refine_poses=config.poses == "infer",
         latent_dim=config.latent_dim,
     )
-    context = build_model_context(structure, image_model, config.n_modes, config.cutoff_in_angstroms, options)
+    context = build_model_context(
+        structure, image_model, config.n_modes, config.cutoff_in_angstroms, options, coarse_grain=config.coarse_grain
+    )
     key = jax.random.key(config.seed)
     model = MODELS[config.model]
     model_arguments = {"context": context, "n_particles": len(dataset)}
@@ -157,7 +161,10 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     if config.model == "deformation":
         decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1))
         model_arguments["decoder"] = decoder
-    guide = AmortizedGuide(config.model, context, dataset.box_size, jax.random.fold_in(key, 2))
+    guide = AmortizedGuide(
+        config.model, context, dataset.box_size, jax.random.fold_in(key, 2),
+        per_particle_offsets=config.guide == "semi_amortized",
+    )
     timings["setup_seconds"] = time.perf_counter() - started
 
     batch_size = min(config.batch_size, len(dataset))

@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from atomicspi.inference import TrainingInterrupted
     from atomicspi.io import InputError
 
     arguments = _parser().parse_args(argv)
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as interrupted:
+        print(f"stopped at step {interrupted.step}; checkpoint written, continue with --resume", file=sys.stderr)
+        return interrupted.exit_status
     print(f"results written to {output}", file=sys.stderr)
     return 0
 

@@ -12,15 +12,28 @@ from numpyro.distributions import constraints
 
 from ._encoder import ImageEncoder
 
-__all__ = ["AmortizedGuide", "ctf_context"]
+__all__ = ["AmortizedGuide", "encoder_context"]
 
 _SCALE_OFFSET = 3.0  # softplus(x - 3) ≈ 0.05 at initialisation: start with narrow posteriors
 
 
-def ctf_context(ctf) -> jax.Array:
-    """Per-image context for the encoder: mean defocus in µm, shape `(batch, 1)`."""
+N_CONTEXT = 12
+
+
+def encoder_context(rotations, shifts_in_angstroms, ctf) -> jax.Array:
+    """Per-image context for the encoder, shape `(batch, 12)`: the mean defocus in µm, the given
+    rotation matrix (9 entries) and shift (in units of 10 Å). How a conformational change shows in
+    an image depends on the viewing direction, so the encoder is told the pose."""
     defocus = 0.5 * (jnp.asarray(ctf.defocus_u_in_angstroms) + jnp.asarray(ctf.defocus_v_in_angstroms))
-    return (defocus / 1e4).reshape(-1, 1)
+    batch_size = rotations.shape[0]
+    return jnp.concatenate(
+        [
+            jnp.broadcast_to(defocus / 1e4, (batch_size,)).reshape(-1, 1),
+            rotations.reshape(batch_size, 9),
+            shifts_in_angstroms.reshape(batch_size, 2) / 10.0,
+        ],
+        axis=1,
+    )
 
 
 def _scale(raw):
@@ -48,9 +61,13 @@ class AmortizedGuide:
     - `box_size`: image side D.
     - `key`: PRNG key for the encoder's initial weights.
     - `rank`: rank of the covariance factor of the amplitudes (full covariance when ≥ n_modes).
+    - `per_particle_offsets`: semi-amortized inference: add a free parameter vector per particle
+      (`local_offsets`, indexed by the minibatch's `indices`) to the encoder's output, so that each
+      particle's posterior is refined beyond what the encoder generalises (the encoder alone still
+      gives q(z | x) for images it has not seen).
     """
 
-    def __init__(self, model_name: str, context, box_size: int, key, rank: int = 2):
+    def __init__(self, model_name: str, context, box_size: int, key, rank: int = 2, per_particle_offsets: bool = True):
         self.model_name = model_name
         options = context.options
         self.local_sizes: dict[str, int] = {}
@@ -69,7 +86,8 @@ class AmortizedGuide:
         if options.refine_poses:
             self.local_sizes["rotation_correction"] = 6
             self.local_sizes["shift_correction"] = 4
-        self.encoder = ImageEncoder(box_size, sum(self.local_sizes.values()), 1, key)
+        self.encoder = ImageEncoder(box_size, sum(self.local_sizes.values()), N_CONTEXT, key)
+        self.per_particle_offsets = per_particle_offsets
         self.options = options
         self.n_modes = context.n_modes
 
@@ -91,7 +109,12 @@ class AmortizedGuide:
         self._globals(context)
         net = eqx_module("encoder", self.encoder)
         batch_size = images.shape[0]
-        out = jax.vmap(net)(images, ctf_context(ctf))
+        out = jax.vmap(net)(images, encoder_context(rotations, shifts_in_angstroms, ctf))
+        if self.per_particle_offsets:
+            if indices is None:
+                raise ValueError("per_particle_offsets needs the minibatch's particle indices")
+            offsets = numpyro.param("local_offsets", jnp.zeros((n_particles, out.shape[-1])))
+            out = out + offsets[indices]
         pieces = {}
         start = 0
         for name, size in self.local_sizes.items():

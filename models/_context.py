@@ -97,6 +97,7 @@ def build_model_context(
     n_modes: int = 10,
     cutoff_in_angstroms: float = 15.0,
     options: ModelOptions | None = None,
+    coarse_grain: str = "calpha",
 ) -> ModelContext:
     """The common case: Cα beads, an ANM with a cutoff, its lowest modes, atoms following their residue's bead.
 
@@ -106,12 +107,13 @@ def build_model_context(
     - `image_model`: the microscope for these atoms (`atomicspi.microscope.make_image_model`).
     - `n_modes`: number of lowest non-rigid modes kept.
     - `cutoff_in_angstroms`: contact cutoff of the elastic network.
+    - `coarse_grain`: beads at the Cα (`"calpha"`) or at residue centroids (`"centroid"`).
 
     **Returns:** a `ModelContext`.
     """
     from atomicspi import structure as structure_module
 
-    beads = structure_module.calpha_beads(structure)
+    beads = {"calpha": structure_module.calpha_beads, "centroid": structure_module.centroid_beads}[coarse_grain](structure)
     network = structure_module.ElasticNetwork.from_positions(beads.bead_positions_in_angstroms, cutoff_in_angstroms)
     modes = structure_module.normal_modes(network, n_modes)
     return ModelContext(

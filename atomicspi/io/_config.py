@@ -10,7 +10,8 @@ from ._errors import InputError
 
 MODELS = ("nma", "deformation", "homogeneous")
 POSE_MODES = ("given", "infer")
-COARSE_GRAININGS = ("calpha", "backbone", "heavy_atoms", "all_atoms")
+COARSE_GRAININGS = ("calpha", "centroid")
+GUIDES = ("semi_amortized", "amortized")
 OUTPUT_ATOMS = ("heavy", "all")
 _PARTICLE_SUFFIXES = (".star", ".cs", ".mrcs", ".mrc")
 
@@ -35,7 +36,11 @@ class DatasetConfig:
     - `datadir` (None): folder for the image paths named in the star/cs file.
     - `batch_size` (64), `num_steps` (2000), `learning_rate` (1e-3), `seed` (0).
     - `n_modes` (10): normal modes; `latent_dim` (4): latent dimensions of the deformation model.
-    - `coarse_grain` ("calpha"): one of `"calpha"`, `"backbone"`, `"heavy_atoms"`, `"all_atoms"`.
+    - `coarse_grain` ("calpha"): the beads of the elastic network, one per residue: `"calpha"` (at
+      the Cα) or `"centroid"` (at the residue's centroid); every atom follows its residue's bead.
+    - `guide` ("semi_amortized"): `"amortized"` (the image encoder alone gives q(z | image)) or
+      `"semi_amortized"` (the encoder plus a free correction per particle: better fits of a fixed
+      dataset).
     - `cutoff_in_angstroms` (15.0): elastic network cutoff.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
@@ -59,6 +64,7 @@ class DatasetConfig:
     n_modes: int = 10
     latent_dim: int = 4
     coarse_grain: str = "calpha"
+    guide: str = "semi_amortized"
     cutoff_in_angstroms: float = 15.0
     samples_per_particle: int = 8
     checkpoint_every: int = 200
@@ -113,7 +119,7 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
             if not isinstance(values[key], str) or not values[key].strip():
                 raise InputError(f"{path}: field {key}: must be a path, got {values[key]!r}")
             values[key] = folder / pathlib.Path(values[key]).expanduser()
-    choices = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS, "output_atoms": OUTPUT_ATOMS}
+    choices = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS, "output_atoms": OUTPUT_ATOMS, "guide": GUIDES}
     for key, allowed in choices.items():
         if key in values and values[key] not in allowed:
             raise InputError(f"{path}: field {key}: {values[key]!r} is not one of {', '.join(allowed)}")
