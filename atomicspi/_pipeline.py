@@ -94,8 +94,12 @@ def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> f
 
 def _positions_from_draws(model_name, context, draws, decoder_params, decoder):
     """Atom positions for per-particle draws: `(n_particles, n_samples, n_atoms, 3)`."""
-    from atomicspi.models import deformation_positions, nma_positions
+    from atomicspi.models import deformation_positions, domain_positions, nma_positions
 
+    if model_name == "domains":
+        return jax.jit(functools.partial(domain_positions, context))(
+            jnp.asarray(draws["domain_motion"]), jnp.asarray(draws["amplitudes"])
+        )
     if model_name == "nma":
         return jax.jit(functools.partial(nma_positions, context))(jnp.asarray(draws["amplitudes"]))
     if model_name == "deformation":
@@ -152,7 +156,8 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         latent_dim=config.latent_dim,
     )
     context = build_model_context(
-        structure, image_model, config.n_modes, config.cutoff_in_angstroms, options, coarse_grain=config.coarse_grain
+        structure, image_model, config.n_modes, config.cutoff_in_angstroms, options, coarse_grain=config.coarse_grain,
+        domain_residue_ranges=config.domains if config.model == "domains" else None,
     )
     key = jax.random.key(config.seed)
     model = MODELS[config.model]
@@ -248,7 +253,9 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         from atomicspi.products import run_products
 
         started = time.perf_counter()
-        run_products(output, seed=config.seed)
+        # Domain motions have no single natural coordinate: use the Cα RMSD to the reference.
+        cv = f"rmsd:{config.reference}" if config.model == "domains" else None
+        run_products(output, cv=cv, seed=config.seed)
         record["timings"]["products_seconds"] = time.perf_counter() - started
         write_run_record(output / "run.json", record)
     return output

@@ -25,6 +25,10 @@ from atomicspi.io import load_config
 from atomicspi.structure import load_structure
 
 
+# CORE, NMP, LID of E. coli adenylate kinase (residue numbers as in 1AKE/4AKE).
+ADK_DOMAINS = [[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]
+
+
 def calpha_rmsd(a, b):
     return np.sqrt(((a - b) ** 2).sum(-1).mean(-1))
 
@@ -57,7 +61,8 @@ def main():
         folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model=arguments.model,
         config_overrides={"num_steps": arguments.num_steps, "batch_size": arguments.batch_size,
                           "learning_rate": arguments.learning_rate, "n_modes": arguments.n_modes,
-                          "samples_per_particle": 4, "checkpoint_every": 500},
+                          "samples_per_particle": 4, "checkpoint_every": 500,
+                          **({"domains": ADK_DOMAINS} if arguments.model == "domains" else {})},
     )
     simulated = time.perf_counter() - started
     started = time.perf_counter()

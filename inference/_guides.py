@@ -47,6 +47,7 @@ class AmortizedGuide:
 
     - `nma`: `amplitudes` ~ low-rank multivariate normal (rank `rank`), in units of the prior
       standard deviation at the spring-constant guess, so the encoder works with O(1) numbers;
+    - `domains`: `domain_motion` (units 0.1 rad and 2 Å) and `amplitudes`, each low-rank normal;
     - `deformation`: `z` ~ diagonal normal;
     - every model: `contrast` ~ log-normal, and with pose refinement `rotation_correction` and
       `shift_correction` ~ diagonal normals.
@@ -56,7 +57,7 @@ class AmortizedGuide:
 
     **Arguments:**
 
-    - `model_name`: "nma", "deformation" or "homogeneous".
+    - `model_name`: "nma", "deformation", "domains" or "homogeneous".
     - `context`: the model's `ModelContext`.
     - `box_size`: image side D.
     - `key`: PRNG key for the encoder's initial weights.
@@ -71,17 +72,23 @@ class AmortizedGuide:
         self.model_name = model_name
         options = context.options
         self.local_sizes: dict[str, int] = {}
+        # Vector sites with a low-rank multivariate normal, in units of a typical scale per entry.
+        self.vector_scales: dict[str, jax.Array] = {}
+        mode_scale = jnp.sqrt(options.temperature_factor / (options.spring_constant_guess * context.mode_eigenvalues))
         if model_name == "nma":
-            k = context.n_modes
-            self.rank = min(rank, k)
-            self.local_sizes["amplitudes"] = 2 * k + k * self.rank
-            self.amplitude_scale = jnp.sqrt(
-                options.temperature_factor / (options.spring_constant_guess * context.mode_eigenvalues)
-            )
+            self.vector_scales["amplitudes"] = mode_scale
+        elif model_name == "domains":
+            moving = context.n_domains - 1
+            self.vector_scales["domain_motion"] = jnp.concatenate([jnp.full(3 * moving, 0.1), jnp.full(3 * moving, 2.0)])
+            self.vector_scales["amplitudes"] = mode_scale
         elif model_name == "deformation":
             self.local_sizes["z"] = 2 * options.latent_dim
         elif model_name != "homogeneous":
             raise ValueError(f"unknown model {model_name!r}")
+        self.rank = rank
+        for name, scale in self.vector_scales.items():
+            size = scale.shape[0]
+            self.local_sizes[name] = 2 * size + size * min(rank, size)
         self.local_sizes["contrast"] = 2
         if options.refine_poses:
             self.local_sizes["rotation_correction"] = 6
@@ -89,7 +96,6 @@ class AmortizedGuide:
         self.encoder = ImageEncoder(box_size, sum(self.local_sizes.values()), N_CONTEXT, key)
         self.per_particle_offsets = per_particle_offsets
         self.options = options
-        self.n_modes = context.n_modes
 
     def _globals(self, context):
         options = self.options
@@ -121,13 +127,14 @@ class AmortizedGuide:
             pieces[name] = out[:, start : start + size]
             start += size
         with numpyro.plate("particle", n_particles, subsample_size=batch_size):
-            if "amplitudes" in pieces:
-                k, r, s = self.n_modes, self.rank, self.amplitude_scale
-                raw = pieces["amplitudes"]
+            for name, s in self.vector_scales.items():
+                k = s.shape[0]
+                r = min(self.rank, k)
+                raw = pieces[name]
                 loc = raw[:, :k] * s
                 diagonal = (_scale(raw[:, k : 2 * k]) * s) ** 2
                 factor = raw[:, 2 * k :].reshape(batch_size, k, r) * 0.1 * s[:, None]
-                numpyro.sample("amplitudes", dist.LowRankMultivariateNormal(loc, factor, diagonal))
+                numpyro.sample(name, dist.LowRankMultivariateNormal(loc, factor, diagonal))
             if "z" in pieces:
                 d = self.options.latent_dim
                 raw = pieces["z"]

@@ -11,9 +11,11 @@ from ._context import build_model_context as build_model_context
 from ._deformation import Decoder as Decoder
 from ._deformation import deformation as deformation
 from ._deformation import deformation_positions as deformation_positions
+from ._domains import domain_positions as domain_positions
+from ._domains import domains as domains
 from ._homogeneous import homogeneous as homogeneous
 from ._likelihood import render_images as render_images
 from ._nma import nma as nma
 from ._nma import nma_positions as nma_positions
 
-MODELS = {"nma": nma, "deformation": deformation, "homogeneous": homogeneous}
+MODELS = {"nma": nma, "deformation": deformation, "domains": domains, "homogeneous": homogeneous}

@@ -52,6 +52,9 @@ class ModelContext(eqx.Module):
     - `network`: the elastic network (energy of bead positions for a unit spring constant).
     - `image_model`: the microscope, `(positions, rotation, shift, ctf) -> image [y, x]`.
     - `options`: `ModelOptions`.
+    - `bead_domains`: `(n_beads,)` rigid domain of every bead (all 0 when no domains are given);
+      domain 0 holds most beads and does not move (its motion is the particle's pose).
+    - `n_domains`: number of domains (static).
     """
 
     reference_positions_in_angstroms: Float[Array, "n_atoms 3"]
@@ -62,6 +65,8 @@ class ModelContext(eqx.Module):
     network: eqx.Module
     image_model: eqx.Module
     options: ModelOptions
+    bead_domains: Int[Array, " n_beads"]
+    n_domains: int = eqx.field(static=True, default=1)
 
     @property
     def n_beads(self) -> int:
@@ -98,6 +103,7 @@ def build_model_context(
     cutoff_in_angstroms: float = 15.0,
     options: ModelOptions | None = None,
     coarse_grain: str = "calpha",
+    domain_residue_ranges=None,
 ) -> ModelContext:
     """The common case: Cα beads, an ANM with a cutoff, its lowest modes, atoms following their residue's bead.
 
@@ -108,6 +114,8 @@ def build_model_context(
     - `n_modes`: number of lowest non-rigid modes kept.
     - `cutoff_in_angstroms`: contact cutoff of the elastic network.
     - `coarse_grain`: beads at the Cα (`"calpha"`) or at residue centroids (`"centroid"`).
+    - `domain_residue_ranges`: for the `domains` model, each domain's list of `(first, last)`
+      residue numbers (inclusive); the domain with most beads is renumbered 0 and held fixed.
 
     **Returns:** a `ModelContext`.
     """
@@ -116,6 +124,13 @@ def build_model_context(
     beads = {"calpha": structure_module.calpha_beads, "centroid": structure_module.centroid_beads}[coarse_grain](structure)
     network = structure_module.ElasticNetwork.from_positions(beads.bead_positions_in_angstroms, cutoff_in_angstroms)
     modes = structure_module.normal_modes(network, n_modes)
+    if domain_residue_ranges:
+        domains = structure_module.domains_from_residue_ranges(beads.bead_residue_numbers, domain_residue_ranges)
+        largest = int(np.argmax(np.bincount(domains)))
+        domains = np.where(domains == largest, 0, np.where(domains == 0, largest, domains))
+        n_domains = int(domains.max()) + 1
+    else:
+        domains, n_domains = np.zeros(beads.n_beads, dtype=int), 1
     return ModelContext(
         reference_positions_in_angstroms=jnp.asarray(structure.positions_in_angstroms),
         atom_to_bead=jnp.asarray(beads.atom_to_bead),
@@ -125,4 +140,6 @@ def build_model_context(
         network=network,
         image_model=image_model,
         options=options or ModelOptions(),
+        bead_domains=jnp.asarray(domains),
+        n_domains=n_domains,
     )

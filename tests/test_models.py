@@ -136,3 +136,45 @@ def test_homogeneous_and_deformation_priors_are_the_elastic_energy(context):
     trace = handlers.trace(handlers.seed(deformation, 0)).get_trace(decoder=decoder, **common)
     assert trace["z"]["value"].shape == (1, 2)
     assert trace["images"]["value"].shape == (1, BOX, BOX)
+
+
+def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_structure_path):
+    from atomicspi.models import domain_positions, domains
+
+    structure = load_structure(example_structure_path).calpha()
+    structure = structure.with_positions(structure.positions_in_angstroms - structure.positions_in_angstroms.mean(axis=0))
+    image_model = make_image_model(structure.atomic_numbers, structure.b_factors_in_angstroms_squared, BOX, PIXEL)
+    ranges = [[(30, 59)], [(1, 29), (60, 121), (160, 214)], [(122, 159)]]  # NMP, CORE, LID
+    context = build_model_context(structure, image_model, n_modes=2, domain_residue_ranges=ranges)
+    assert context.n_domains == 3
+    numbers = np.arange(1, 215)
+    core = ((numbers <= 29) | ((numbers >= 60) & (numbers <= 121)) | (numbers >= 160))
+    np.testing.assert_array_equal(np.asarray(context.bead_domains) == 0, core)  # the largest domain is fixed
+
+    motion = jnp.asarray([0.3, -0.2, 0.1, 0.0, 0.0, 0.0, 1.0, 2.0, -1.0, 0.0, 0.0, 0.0])  # rotate NMP, shift it
+    moved = np.asarray(domain_positions(context, motion, jnp.zeros(2)))
+    reference = structure.positions_in_angstroms
+    np.testing.assert_allclose(moved[core], reference[core], atol=1e-5)
+    lid = (numbers >= 122) & (numbers <= 159)
+    np.testing.assert_allclose(moved[lid], reference[lid], atol=1e-5)
+    nmp = ~core & ~lid
+    distances = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.testing.assert_allclose(distances(moved[nmp]), distances(reference[nmp]), atol=1e-4)
+    assert np.abs(moved[nmp] - reference[nmp]).max() > 3.0
+
+    batch = _batch(1)
+    common = dict(images=None, context=context, n_particles=1, **batch)
+
+    def factor(**values):
+        trace = handlers.trace(handlers.substitute(handlers.seed(domains, 0), data=values)).get_trace(**common)
+        return float(trace["elastic_energy"]["fn"].log_prob(trace["elastic_energy"]["value"]).sum())
+
+    gamma = 0.3
+    n_dof = 12 + 2
+    at_rest = factor(spring_constant=gamma, domain_motion=jnp.zeros((1, 12)), amplitudes=jnp.zeros((1, 2)))
+    np.testing.assert_allclose(at_rest, 0.5 * n_dof * np.log(gamma), rtol=1e-5)
+    torn = factor(spring_constant=gamma, domain_motion=motion[None], amplitudes=jnp.zeros((1, 2)))
+    pairs = np.asarray(context.network.pairs)
+    rest = np.linalg.norm(reference[pairs[:, 0]] - reference[pairs[:, 1]], axis=1)
+    energy = 0.5 * np.sum((np.linalg.norm(moved[pairs[:, 0]] - moved[pairs[:, 1]], axis=1) - rest) ** 2)
+    np.testing.assert_allclose(at_rest - torn, gamma * energy, rtol=1e-4)

@@ -8,7 +8,7 @@ import yaml
 
 from ._errors import InputError
 
-MODELS = ("nma", "deformation", "homogeneous")
+MODELS = ("nma", "deformation", "domains", "homogeneous")
 POSE_MODES = ("given", "infer")
 COARSE_GRAININGS = ("calpha", "centroid")
 GUIDES = ("semi_amortized", "amortized")
@@ -46,6 +46,9 @@ class DatasetConfig:
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
     - `device_count` (None = all visible devices).
+    - `domains` (None; required by `model: domains`): rigid domains as lists of inclusive residue
+      ranges, e.g. adenylate kinase `[[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]`
+      (CORE, NMP, LID).
     - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"` or `"all"`.
     """
 
@@ -70,6 +73,7 @@ class DatasetConfig:
     checkpoint_every: int = 200
     n_particles: int | None = None
     device_count: int | None = None
+    domains: tuple | None = None
     output_atoms: str = "heavy"
 
 
@@ -77,6 +81,27 @@ _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
 _POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count")
 _POSITIVE_FLOATS = ("learning_rate", "cutoff_in_angstroms")
+
+
+def _domains(value, path: pathlib.Path):
+    """`domains` as a tuple (per domain) of tuples of (first, last) residue numbers."""
+    if value is None:
+        return None
+    message = f"{path}: field domains: must be a list of domains, each a list of [first, last] residue ranges"
+    if not isinstance(value, list) or len(value) < 2:
+        raise InputError(message + " (at least two domains)")
+    domains = []
+    for domain in value:
+        if not isinstance(domain, list) or not domain:
+            raise InputError(message)
+        ranges = []
+        for pair in domain:
+            if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+                    or pair[0] > pair[1]):
+                raise InputError(message + f", got {pair!r}")
+            ranges.append((pair[0], pair[1]))
+        domains.append(tuple(ranges))
+    return tuple(domains)
 
 
 def load_config(path: str | os.PathLike) -> DatasetConfig:
@@ -135,6 +160,9 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InputError(f"{path}: field {key}: must be a positive number, got {value!r}")
             values[key] = float(value)
+    values["domains"] = _domains(values.get("domains"), path)
+    if values["model"] == "domains" and values["domains"] is None:
+        raise InputError(f"{path}: field domains: required by model domains (lists of [first, last] residue ranges)")
     config = DatasetConfig(**values)
     _check_files(config, path)
     return config
