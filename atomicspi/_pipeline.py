@@ -118,9 +118,15 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
 
     from atomicspi import __version__
     from atomicspi._outputs import plot_elbo, plot_fits, write_ensemble, write_posterior, write_run_record
-    import optax
-
-    from atomicspi.inference import AmortizedGuide, draw_posterior, fit, make_batch_mesh, make_epoch_minibatches, make_svi
+    from atomicspi.inference import (
+        AmortizedGuide,
+        draw_posterior,
+        fit,
+        make_batch_mesh,
+        make_epoch_minibatches,
+        make_optimizer,
+        make_svi,
+    )
     from atomicspi.io import CTF_FIELDS, InputError, load_particles
     from atomicspi.microscope import CTFParameters, make_image_model
     from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
@@ -179,7 +185,8 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     )
     model = _with_ctf_parameters(model)
     guide_function = _with_ctf_parameters(guide)
-    svi = make_svi(model, guide_function, optax.adam(config.learning_rate), **model_arguments)
+    optimizer = make_optimizer(config.learning_rate, config.per_particle_learning_rate)
+    svi = make_svi(model, guide_function, optimizer, **model_arguments)
     mesh = make_batch_mesh(jax.devices()[: config.device_count]) if (config.device_count or 1) > 1 else None
     started = time.perf_counter()
     result = fit(

@@ -24,3 +24,4 @@ from ._svi import make_training_step as make_training_step
 from ._encoder import ImageEncoder as ImageEncoder
 from ._guides import AmortizedGuide as AmortizedGuide
 from ._posterior import draw_posterior as draw_posterior
+from ._optimizer import make_optimizer as make_optimizer

@@ -19,3 +19,14 @@ def shared_data() -> pathlib.Path:
 def example_structure_path() -> pathlib.Path:
     """The bundled adenylate kinase (closed, all atoms with hydrogens)."""
     return REPOSITORY / "atomicspi" / "data" / "adk_closed.pdb.gz"
+
+
+@pytest.fixture
+def x64():
+    """Run a test in float64 (JAX's default is float32), restoring the previous setting after."""
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

@@ -20,14 +20,6 @@ from atomicspi.microscope import (
 )
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def _relion_wavelength(kv):
     voltage = kv * 1e3
     return 12.2643247 / np.sqrt(voltage * (1.0 + voltage * 0.978466e-6))

@@ -17,14 +17,6 @@ from atomicspi.microscope import (
 )
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.mark.parametrize("box", [8, 9])
 def test_white_noise_likelihood_equals_pixel_sum(x64, box):
     rng = np.random.default_rng(1)

@@ -17,14 +17,6 @@ from atomicspi.microscope import (
 from atomicspi.structure import load_structure
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 # CTF(k) = 1 everywhere: sin(90°) with no aberrations
 NO_CTF = dict(
     defocus_u_in_angstroms=0.0, defocus_v_in_angstroms=0.0, spherical_aberration_in_millimeters=0.0,

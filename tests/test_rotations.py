@@ -20,14 +20,6 @@ from atomicspi.microscope import (
 )
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def relion_rz(t):
     c, s = np.cos(np.deg2rad(t)), np.sin(np.deg2rad(t))
     return np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]])

@@ -24,14 +24,6 @@ from atomicspi.structure import (
 )
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.fixture(scope="module")
 def adk(example_structure_path):
     return load_structure(example_structure_path)

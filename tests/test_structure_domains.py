@@ -24,14 +24,6 @@ from atomicspi.structure import (
 ADK_DOMAINS = [[(1, 29), (60, 121), (160, 214)], [(30, 59)], [(122, 159)]]  # CORE, NMP, LID
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.fixture(scope="module")
 def adk(example_structure_path):
     closed = calpha_beads(load_structure(example_structure_path))

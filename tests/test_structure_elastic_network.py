@@ -17,14 +17,6 @@ from atomicspi.structure import (
 )
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.fixture(scope="module")
 def adk_calpha(example_structure_path):
     closed = load_structure(example_structure_path).calpha().positions_in_angstroms

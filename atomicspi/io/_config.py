@@ -35,6 +35,8 @@ class DatasetConfig:
       a bare stack.
     - `datadir` (None): folder for the image paths named in the star/cs file.
     - `batch_size` (64), `num_steps` (2000), `learning_rate` (1e-3), `seed` (0).
+    - `per_particle_learning_rate` (None = 20 × learning_rate): Adam step of the semi-amortized
+      guide's per-particle parameters, which see a gradient only once per epoch.
     - `n_modes` (10): normal modes; `latent_dim` (4): latent dimensions of the deformation model.
     - `coarse_grain` ("calpha"): the beads of the elastic network, one per residue: `"calpha"` (at
       the Cα) or `"centroid"` (at the residue's centroid); every atom follows its residue's bead.
@@ -63,6 +65,7 @@ class DatasetConfig:
     batch_size: int = 64
     num_steps: int = 2000
     learning_rate: float = 1e-3
+    per_particle_learning_rate: float | None = None
     seed: int = 0
     n_modes: int = 10
     latent_dim: int = 4
@@ -80,7 +83,7 @@ class DatasetConfig:
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
 _POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count")
-_POSITIVE_FLOATS = ("learning_rate", "cutoff_in_angstroms")
+_POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms")
 
 
 def _domains(value, path: pathlib.Path):

@@ -16,7 +16,7 @@ import numpy as np
 from ..microscope._rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from ._dataset import OpticsGroup, ParticleDataset, consistent_optics, group_optics, relative_path
 from ._errors import InputError
-from ._mrc import ImageStacks, write_stack_in_chunks
+from ._mrc import ImageStacks
 
 _REQUIRED = ("blob/path", "blob/idx", "blob/shape", "blob/psize_A")
 _CTF_REQUIRED = ("ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast")
@@ -168,15 +168,7 @@ def write_cryosparc(
     dataset = consistent_optics(dataset)
     n = len(dataset)
     if stack_path is not None:
-        stack_path = pathlib.Path(stack_path)
-        chunk = max(1, 2**24 // (4 * dataset.box_size**2))
-        write_stack_in_chunks(
-            stack_path,
-            (dataset.images(np.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)),
-            n,
-            dataset.box_size,
-            dataset.pixel_size_in_angstroms,
-        )
+        stack_path = dataset.write_images(stack_path)
         paths = np.full(n, relative_path(stack_path, path.parent))
         indices = np.arange(n)
     else:

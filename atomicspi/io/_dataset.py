@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._errors import InputError
-from ._mrc import ImageStacks, read_stack_header
+from ._mrc import ImageStacks, read_stack_header, write_stack_in_chunks
 
 CTF_FIELDS = (
     "defocus_u_in_angstroms",
@@ -173,6 +173,20 @@ class ParticleDataset:
             dataclasses.replace(g, box_size=box, pixel_size_in_angstroms=pixel_size) for g in self.optics_groups
         )
         return dataclasses.replace(self, box_size=box, pixel_size_in_angstroms=pixel_size, optics_groups=groups)
+
+    def write_images(self, stack_path: str | os.PathLike) -> pathlib.Path:
+        """Copy all images, in order, into one `.mrcs` stack, streamed in chunks of about 16 MiB."""
+        stack_path = pathlib.Path(stack_path)
+        n = len(self)
+        chunk = max(1, 2**24 // (4 * self.box_size**2))
+        write_stack_in_chunks(
+            stack_path,
+            (self.images(np.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)),
+            n,
+            self.box_size,
+            self.pixel_size_in_angstroms,
+        )
+        return stack_path
 
     def subset(self, indices) -> "ParticleDataset":
         """The particles `indices` (any integer index array or boolean mask), in that order."""

@@ -35,7 +35,7 @@ from ._dataset import (
     relative_path,
 )
 from ._errors import InputError
-from ._mrc import ImageStacks, write_stack, write_stack_in_chunks
+from ._mrc import ImageStacks, write_stack
 
 DEFAULT_AMPLITUDE_CONTRAST = 0.1
 
@@ -383,15 +383,7 @@ def write_relion_star(
     dataset = consistent_optics(dataset)
     n = len(dataset)
     if stack_path is not None:
-        stack_path = pathlib.Path(stack_path)
-        chunk = max(1, 2**24 // (4 * dataset.box_size**2))
-        write_stack_in_chunks(
-            stack_path,
-            (dataset.images(np.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)),
-            n,
-            dataset.box_size,
-            dataset.pixel_size_in_angstroms,
-        )
+        stack_path = dataset.write_images(stack_path)
         names = [f"{i + 1:06d}@{relative_path(stack_path, path.parent)}" for i in range(n)]
     else:
         stacks = [relative_path(p, path.parent) for p in dataset.image_stacks.stack_paths]
