@@ -49,7 +49,8 @@ class ModelContext(eqx.Module):
     - `bead_positions_in_angstroms`: `(n_beads, 3)` reference bead positions.
     - `mode_vectors`: `(n_modes, n_beads, 3)` orthonormal elastic-network modes (rigid-body removed).
     - `mode_eigenvalues`: `(n_modes,)` their eigenvalues for unit spring constant (1/Å² · kT units).
-    - `network`: the elastic network (energy of bead positions for a unit spring constant).
+    - `network`: the elastic network (energy of bead positions for a unit spring constant); with
+      domains, only the springs inside domains.
     - `image_model`: the microscope, `(positions, rotation, shift, ctf) -> image [y, x]`.
     - `options`: `ModelOptions`.
     - `bead_domains`: `(n_beads,)` rigid domain of every bead (all 0 when no domains are given);
@@ -129,6 +130,15 @@ def build_model_context(
         largest = int(np.argmax(np.bincount(domains)))
         domains = np.where(domains == largest, 0, np.where(domains == 0, largest, domains))
         n_domains = int(domains.max()) + 1
+        # Domains move rigidly and their hinges are free: the prior's energy counts the springs
+        # inside domains only (the modes above still come from the whole network).
+        inside = domains[network.pairs[:, 0]] == domains[network.pairs[:, 1]]
+        network = structure_module.ElasticNetwork(
+            reference_positions_in_angstroms=network.reference_positions_in_angstroms,
+            pairs=network.pairs[inside],
+            rest_lengths_in_angstroms=network.rest_lengths_in_angstroms[inside],
+            spring_weights=network.spring_weights[inside],
+        )
     else:
         domains, n_domains = np.zeros(beads.n_beads, dtype=int), 1
     return ModelContext(

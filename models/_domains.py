@@ -60,10 +60,11 @@ def domains(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContex
     `domain_motion` (6 per moving domain: rotation vector in rad about the domain's centroid, then
     translation in Å; the largest domain is held fixed, its motion being the pose) and `amplitudes`
     (mode amplitudes, Å), both with weak Gaussian base priors (20°, 5 Å, 5 Å) times the factor
-    `elastic_energy` = −γE(x)/kT + (d/2) log γ over the moved beads x — the Boltzmann density of the
-    elastic network restricted to these d degrees of freedom, normalised in the harmonic
-    approximation so that γ stays identifiable; hinges that tear cost energy. Then optional pose
-    corrections, `contrast`, observed `images`.
+    `elastic_energy` = −γE(x)/kT + (k/2) log γ, the Boltzmann density of the springs *inside*
+    domains (rigid domain motions cost nothing; the hinges between domains are free up to the base
+    priors — a full network's hinge springs would price a 30° lid closure at hundreds of kT and pin
+    every particle to the reference), normalised over the k modes in the harmonic approximation so
+    that γ stays identifiable. Then optional pose corrections, `contrast`, observed `images`.
     """
     if context.n_domains < 2:
         raise ValueError("the domains model needs at least two domains (dataset.yaml key `domains`)")
@@ -73,7 +74,7 @@ def domains(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContex
     base_scale = jnp.concatenate(
         [jnp.full(3 * moving, _ROTATION_SCALE_IN_RADIANS), jnp.full(3 * moving, _TRANSLATION_SCALE_IN_ANGSTROMS)]
     )
-    n_dof = 6 * moving + context.n_modes
+    n_dof = context.n_modes
     batch_size = rotations.shape[0]
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
         motion = numpyro.sample("domain_motion", dist.Normal(0.0, base_scale).to_event(1))
