@@ -7,9 +7,12 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["example_structure_paths", "write_example"]
+__all__ = ["ADENYLATE_KINASE_DOMAINS", "example_structure_paths", "write_example"]
 
 _DATA = pathlib.Path(__file__).resolve().parent / "data"
+
+# CORE, NMP and LID of E. coli adenylate kinase, as residue-number ranges (1AKE/4AKE numbering).
+ADENYLATE_KINASE_DOMAINS = [[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]
 
 
 def example_structure_paths() -> tuple[pathlib.Path, pathlib.Path]:
@@ -27,7 +30,8 @@ def write_example(
     seed: int = 0,
 ) -> pathlib.Path:
     """Simulate a small AdK dataset (conformations interpolated closed → open, fractions uniform in
-    [0, 0.8]) and write it with a `dataset.yaml` that fits the `nma` model; returns the yaml path."""
+    [0, 0.8]) and write it with a `dataset.yaml` that fits the `domains` model (CORE, NMP, LID
+    rigid motions composed with 5 elastic-network modes); returns the yaml path."""
     from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
     from atomicspi.structure import load_structure
 
@@ -40,6 +44,7 @@ def write_example(
         closed, positions, box_size, pixel_size_in_angstroms, signal_to_noise_ratio, seed=seed
     )
     return write_simulated_dataset(
-        folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model="nma",
-        config_overrides={"num_steps": num_steps, "batch_size": 32, "samples_per_particle": 4},
+        folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model="domains",
+        config_overrides={"num_steps": num_steps, "batch_size": 32, "samples_per_particle": 4, "n_modes": 5,
+                          "learning_rate": 3e-3, "domains": ADENYLATE_KINASE_DOMAINS},
     )

@@ -18,15 +18,11 @@ import mdtraj
 import numpy as np
 import yaml
 
-from atomicspi._example import example_structure_paths
+from atomicspi._example import ADENYLATE_KINASE_DOMAINS, example_structure_paths
 from atomicspi._pipeline import run_inference
 from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
 from atomicspi.io import load_config
 from atomicspi.structure import load_structure
-
-
-# CORE, NMP, LID of E. coli adenylate kinase (residue numbers as in 1AKE/4AKE).
-ADK_DOMAINS = [[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]
 
 
 def calpha_rmsd(a, b):
@@ -62,7 +58,7 @@ def main():
         config_overrides={"num_steps": arguments.num_steps, "batch_size": arguments.batch_size,
                           "learning_rate": arguments.learning_rate, "n_modes": arguments.n_modes,
                           "samples_per_particle": 4, "checkpoint_every": 500,
-                          **({"domains": ADK_DOMAINS} if arguments.model == "domains" else {})},
+                          **({"domains": ADENYLATE_KINASE_DOMAINS} if arguments.model == "domains" else {})},
     )
     simulated = time.perf_counter() - started
     started = time.perf_counter()

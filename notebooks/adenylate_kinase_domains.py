@@ -27,7 +27,7 @@ import tempfile
 import mdtraj
 import numpy as np
 
-from atomicspi._example import example_structure_paths
+from atomicspi._example import ADENYLATE_KINASE_DOMAINS, example_structure_paths
 from atomicspi._pipeline import run_inference
 from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
 from atomicspi.io import load_config
@@ -49,10 +49,9 @@ closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_
 fractions = np.random.default_rng(0).uniform(0.0, 0.8, size=N_PARTICLES)
 positions = interpolated_conformations(closed, load_structure(open_path), fractions)
 particles = simulate_particles(closed, positions, BOX_SIZE, PIXEL_SIZE, signal_to_noise_ratio=1.0, seed=0)
-domains = [[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]  # CORE, NMP, LID
 dataset_yaml = write_simulated_dataset(
     folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model="domains",
-    config_overrides={"domains": domains, "num_steps": STEPS, "batch_size": min(32, N_PARTICLES),
+    config_overrides={"domains": ADENYLATE_KINASE_DOMAINS, "num_steps": STEPS, "batch_size": min(32, N_PARTICLES),
                       "learning_rate": 3e-3, "samples_per_particle": 4, "n_modes": 5},
 )
 print(dataset_yaml.read_text())
