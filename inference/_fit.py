@@ -34,7 +34,7 @@ class FitResult(NamedTuple):
     - `parameters`: the constrained parameters of the model and guide (`svi.get_params`).
     - `elbo_history`: the ELBO estimate of every step from step 0 (NaN where a step was skipped),
         including the steps before a resume.
-    - `images_per_second`: the training throughput of this call (compilation included).
+    - `images_per_second`: the training throughput of this call, compilation (the first call) excluded.
     """
 
     state: TrainingState

@@ -14,8 +14,9 @@ class TrainingProgress:
 
     The bar counts steps (from the step training starts or resumes at, to `total_steps`); its
     postfix shows the mean ELBO over the steps of the last update that were not skipped, the number of
-    images processed per second since the bar started (compilation included), and the number of
-    skipped steps; tqdm shows the time left.
+    images processed per second since the first update (so that compilation, which happens in the
+    first call, is left out; until then, since the bar started), and the number of skipped steps; tqdm
+    shows the time left.
 
     **Arguments:**
 
@@ -32,6 +33,7 @@ class TrainingProgress:
         self.elbo = math.nan
         self.skipped_steps = 0
         self._start_time = time.perf_counter()
+        self._first_update: tuple[float, int] | None = None
         self._bar = tqdm(
             total=total_steps,
             initial=initial_step,
@@ -43,14 +45,20 @@ class TrainingProgress:
 
     @property
     def images_per_second(self) -> float:
-        """Images processed per second since the bar started."""
-        elapsed = time.perf_counter() - self._start_time
-        return (self.step - self.initial_step) * self.images_per_step / elapsed if elapsed > 0 else math.nan
+        """Images processed per second since the first update (compilation excluded), or since the bar
+        started while there has been only one update."""
+        start_time, start_step = self._start_time, self.initial_step
+        if self._first_update is not None and self.step > self._first_update[1]:
+            start_time, start_step = self._first_update
+        elapsed = time.perf_counter() - start_time
+        return (self.step - start_step) * self.images_per_step / elapsed if elapsed > 0 else math.nan
 
     def update(self, steps: int, elbos: list[float], skipped_steps: int) -> None:
         """Record `steps` more steps, with the ELBO of each step that was not skipped, and the total
         number of skipped steps so far."""
         self.step += steps
+        if self._first_update is None:
+            self._first_update = (time.perf_counter(), self.step)
         finite = [value for value in elbos if math.isfinite(value)]
         if finite:
             self.elbo = sum(finite) / len(finite)
