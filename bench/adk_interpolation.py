@@ -40,6 +40,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--n-modes", type=int, default=10)
+    parser.add_argument("--latent-dim", type=int, default=4)
     parser.add_argument("--fraction-range", type=float, nargs=2, default=(0.0, 0.8))
     parser.add_argument("--folder", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -57,6 +58,7 @@ def main():
         folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model=arguments.model,
         config_overrides={"num_steps": arguments.num_steps, "batch_size": arguments.batch_size,
                           "learning_rate": arguments.learning_rate, "n_modes": arguments.n_modes,
+                          "latent_dim": arguments.latent_dim,
                           "samples_per_particle": 4, "checkpoint_every": 500,
                           **({"domains": ADENYLATE_KINASE_DOMAINS} if arguments.model == "domains" else {})},
     )
@@ -72,6 +74,7 @@ def main():
     result = {
         "n_particles": arguments.n_particles, "box_size": arguments.box_size, "pixel_size": arguments.pixel_size,
         "snr": arguments.snr, "model": arguments.model, "num_steps": arguments.num_steps,
+        "latent_dim": arguments.latent_dim, "n_modes": arguments.n_modes,
         "median_rmsd_posterior_mean": float(np.median(calpha_rmsd(estimate, truth))),
         "median_rmsd_reference": float(np.median(calpha_rmsd(reference[None], truth))),
         "correlation_estimated_vs_true_fraction": float(np.corrcoef(calpha_rmsd(reference[None], estimate), fractions)[0, 1]),

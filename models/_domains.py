@@ -58,8 +58,9 @@ def domains(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContex
 
     **Random variables:** globals `spring_constant`, `noise_std`; in the `particle` plate:
     `domain_motion` (6 per moving domain: rotation vector in rad about the domain's centroid, then
-    translation in Å; the largest domain is held fixed, its motion being the pose) and `amplitudes`
-    (mode amplitudes, Å), both with weak Gaussian base priors (20°, 5 Å, 5 Å) times the factor
+    translation in Å; the largest domain is held fixed, its motion being the pose) with a learned
+    population prior N(μ, WWᵀ + diag σ²) of rank `latent_dim` (μ, W, σ are parameters fitted to all
+    particles), and `amplitudes` (mode amplitudes, Å) with a weak N(0, 5²) base prior; both times the factor
     `elastic_energy` = −γE(x)/kT + (k/2) log γ, the Boltzmann density of the springs *inside*
     domains (rigid domain motions cost nothing; the hinges between domains are free up to the base
     priors — a full network's hinge springs would price a 30° lid closure at hundreds of kT and pin
@@ -76,8 +77,21 @@ def domains(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContex
     )
     n_dof = context.n_modes
     batch_size = rotations.shape[0]
+    # A population prior learned from all particles (type-II maximum likelihood): a low-rank Gaussian
+    # whose principal directions are the concerted motions the particles share. At low SNR each
+    # particle alone says little; the population says along which few directions they move.
+    rank = options.latent_dim
+    population_mean = numpyro.param("domain_motion_population_mean", jnp.zeros(6 * moving))
+    population_factor = numpyro.param(
+        "domain_motion_population_factor", 0.1 * base_scale[:, None] * jnp.eye(6 * moving, rank)
+    )
+    population_variance = numpyro.param(
+        "domain_motion_population_variance", 0.25 * base_scale**2, constraint=dist.constraints.positive
+    )
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
-        motion = numpyro.sample("domain_motion", dist.Normal(0.0, base_scale).to_event(1))
+        motion = numpyro.sample(
+            "domain_motion", dist.LowRankMultivariateNormal(population_mean, population_factor, population_variance)
+        )
         amplitudes = numpyro.sample(
             "amplitudes", dist.Normal(0.0, _AMPLITUDE_SCALE_IN_ANGSTROMS).expand([context.n_modes]).to_event(1)
         )
