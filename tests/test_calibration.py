@@ -43,9 +43,9 @@ def _with_ctf(function):
 
 
 def _optimizer(steps):
-    """Adam with cosine-decaying rates: 3e-2 for the per-particle offsets (each particle is in one
-    minibatch of N/B), 1e-2 for the encoder and the globals. The decay lets the Monte Carlo noise of
-    the ELBO gradient average out, which otherwise leaves the posterior scales too narrow."""
+    """Adam with cosine-decaying rates: 3e-2 for the per-particle offsets (a particle is in only one
+    minibatch per epoch of N/B steps), 1e-2 for the encoder and the globals. Undertrained, the guide's
+    intervals are too narrow (constant Adam 3e-3 for 1500-2000 steps covered 83-84 %)."""
 
     def adam(rate):
         return optax.adam(optax.cosine_decay_schedule(rate, steps, alpha=0.01))
