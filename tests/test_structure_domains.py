@@ -10,6 +10,7 @@ from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
 
 from atomicspi.io import InputError
+from atomicspi.microscope import axis_angle_to_matrix
 from atomicspi.structure import (
     ElasticNetwork,
     apply_domain_motion,
@@ -17,7 +18,6 @@ from atomicspi.structure import (
     domain_normal_modes,
     domains_from_residue_ranges,
     load_structure,
-    rotation_matrix_from_vector,
     superpose,
 )
 
@@ -35,10 +35,10 @@ def test_rotation_vectors_match_scipy(x64):
     vectors = np.random.default_rng(0).normal(size=(5, 3)) * 1.5
     vectors[0] = 0.0
     vectors[1] = [1e-6, -2e-6, 3e-6]
-    np.testing.assert_allclose(np.asarray(rotation_matrix_from_vector(vectors)), Rotation.from_rotvec(vectors).as_matrix(), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(axis_angle_to_matrix(vectors)), Rotation.from_rotvec(vectors).as_matrix(), atol=1e-12)
     # d/dv (R(v) p) at v = 0 is −[p]×, i.e. R p ≈ p + v × p.
     point = jnp.array([0.3, -1.0, 2.0])
-    jacobian = jax.jacobian(lambda v: rotation_matrix_from_vector(v) @ point)(jnp.zeros(3))
+    jacobian = jax.jacobian(lambda v: axis_angle_to_matrix(v) @ point)(jnp.zeros(3))
     p1, p2, p3 = np.asarray(point)
     minus_cross_matrix = -np.array([[0, -p3, p2], [p3, 0, -p1], [-p2, p1, 0]])
     np.testing.assert_allclose(np.asarray(jacobian), minus_cross_matrix, atol=1e-12)

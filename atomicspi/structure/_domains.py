@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int
 from ..io._errors import InputError
 from ._elastic_network import ElasticNetwork
 from ._normal_modes import NormalModes, normal_modes
-from ._rigid_motion import rotation_matrix_from_vector
+from ..microscope._rotations import axis_angle_to_matrix
 
 __all__ = ["domains_from_residue_ranges", "domain_centroids", "apply_domain_motion", "domain_normal_modes"]
 
@@ -91,7 +91,7 @@ def apply_domain_motion(
     n_domains = rotation_vectors.shape[0]
     if centroids_in_angstroms is None:
         centroids_in_angstroms = domain_centroids(x, domain_assignment, n_domains)
-    rotations = rotation_matrix_from_vector(rotation_vectors)
+    rotations = axis_angle_to_matrix(rotation_vectors)
     centres = centroids_in_angstroms[domain_assignment]
     rotated = jnp.einsum("nij,nj->ni", rotations[domain_assignment], x - centres)
     return rotated + centres + jnp.asarray(translations_in_angstroms)[domain_assignment]

@@ -6,39 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-__all__ = ["rotation_matrix_from_vector", "rigid_body_basis", "superpose"]
-
-
-def rotation_matrix_from_vector(rotation_vector: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]:
-    """Rodrigues' formula: the rotation by angle |v| (radians) about the axis v/|v|.
-
-    Differentiable everywhere, including at v = 0 (series expansion of the coefficients there).
-
-    **Arguments:**
-
-    - `rotation_vector`: `(..., 3)` axis-angle vectors in radians.
-
-    **Returns:** `(..., 3, 3)` rotation matrices R with R·r the rotated point.
-    """
-    v = jnp.asarray(rotation_vector)
-    theta_squared = jnp.sum(v * v, axis=-1)[..., None, None]
-    small = theta_squared < 1e-8
-    safe_theta_squared = jnp.where(small, 1.0, theta_squared)
-    safe_theta = jnp.sqrt(safe_theta_squared)
-    # sin θ / θ and (1 − cos θ) / θ², with their Taylor series near θ = 0.
-    a = jnp.where(small, 1.0 - theta_squared / 6.0, jnp.sin(safe_theta) / safe_theta)
-    b = jnp.where(small, 0.5 - theta_squared / 24.0, (1.0 - jnp.cos(safe_theta)) / safe_theta_squared)
-    zero = jnp.zeros_like(v[..., 0])
-    cross = jnp.stack(
-        [
-            jnp.stack([zero, -v[..., 2], v[..., 1]], axis=-1),
-            jnp.stack([v[..., 2], zero, -v[..., 0]], axis=-1),
-            jnp.stack([-v[..., 1], v[..., 0], zero], axis=-1),
-        ],
-        axis=-2,
-    )
-    identity = jnp.eye(3, dtype=cross.dtype)
-    return identity + a * cross + b * (cross @ cross)
+__all__ = ["rigid_body_basis", "superpose"]
 
 
 def rigid_body_basis(positions_in_angstroms: Float[Array, "n 3"]) -> Float[Array, "6 n 3"]:
