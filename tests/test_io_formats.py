@@ -258,25 +258,6 @@ def test_config_defaults_and_relative_paths(tmp_path, example_structure_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_batch_for_step_covers_each_epoch_and_reads_ahead(formats):
-    dataset = io.load_particles(formats / "toy_projections.star")
-    reference = dataset.images()
-    per_epoch = 1000 // 64
-    first_epoch = []
-    for step in range(per_epoch + 1):
-        batch = dataset.batch_for_step(step, 64, seed=5)
-        assert batch.images.shape == (64, 30, 30)
-        np.testing.assert_array_equal(batch.images, reference[batch.indices])
-        first_epoch.append(batch.indices)
-    covered = np.concatenate(first_epoch[:per_epoch])
-    assert len(set(covered.tolist())) == per_epoch * 64
-    # Step `per_epoch` opens epoch 1, the same permutation `minibatches(seed, epoch=1)` streams.
-    epoch_one = next(iter(dataset.minibatches(64, seed=5, epoch=1, prefetch=0)))
-    np.testing.assert_array_equal(first_epoch[per_epoch], epoch_one.indices)
-    # Asking for an earlier step again (no read-ahead for it) gives the same batch.
-    np.testing.assert_array_equal(dataset.batch_for_step(3, 64, seed=5).indices, first_epoch[3])
-
-
 def test_write_particles_star_from_memory(tmp_path):
     rng = np.random.default_rng(2)
     images = rng.normal(size=(4, 12, 12)).astype(np.float32)

@@ -1,6 +1,5 @@
 """The particle dataset: lazy images, per-particle CTF, optional poses, minibatches streamed from disk."""
 
-import concurrent.futures
 import dataclasses
 import os
 import pathlib
@@ -107,7 +106,6 @@ class ParticleDataset:
     shifts_in_angstroms: np.ndarray | None
     extra_columns: Mapping[str, np.ndarray]
     source: object
-    _read_ahead: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.image_stacks)
@@ -236,36 +234,6 @@ class ParticleDataset:
             rotations=None if self.rotations is None else self.rotations[indices],
             shifts_in_angstroms=None if self.shifts_in_angstroms is None else self.shifts_in_angstroms[indices],
         )
-
-    def step_indices(self, step: int, batch_size: int, seed: int = 0) -> np.ndarray:
-        """Particle indices of training step `step`: full batches through one shuffled epoch after another.
-
-        Epoch `e` is the permutation drawn from `(seed, e)` (as in `minibatches`), cut into
-        `len(self) // batch_size` batches of exactly `batch_size` (the remainder is skipped that
-        epoch), so every step has the same shape.
-        """
-        if not 1 <= batch_size <= len(self):
-            raise InputError(f"{self.source}: field batch_size: {batch_size} is not between 1 and {len(self)} particles")
-        epoch, k = divmod(int(step), len(self) // batch_size)
-        order = np.random.default_rng([seed, epoch]).permutation(len(self))
-        return order[k * batch_size : (k + 1) * batch_size]
-
-    def batch_for_step(self, step: int, batch_size: int, seed: int = 0) -> ParticleBatch:
-        """The `ParticleBatch` of training step `step` (see `step_indices`), read ahead one step.
-
-        While the caller works on step `s`, a background thread reads step `s + 1` from disk.
-        """
-        cache = self._read_ahead
-        if "executor" not in cache:
-            cache["executor"] = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="atomicspi-read-ahead")
-        key = (int(step), batch_size, seed)
-        future = cache.pop(key, None)
-        for stale in [k for k in cache if k != "executor"]:
-            cache.pop(stale).cancel()
-        batch = future.result() if future is not None else self.batch(self.step_indices(step, batch_size, seed))
-        following = (int(step) + 1, batch_size, seed)
-        cache[following] = cache["executor"].submit(self.batch, self.step_indices(step + 1, batch_size, seed))
-        return batch
 
     def minibatches(
         self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True, prefetch: int = 2
