@@ -14,6 +14,7 @@ import pickle
 
 import numpy as np
 
+from ._dataset import CTF_FIELDS
 from ._errors import InputError
 
 _ALLOWED_GLOBALS = {
@@ -151,15 +152,5 @@ def read_cryodrgn_ctf(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = pathlib.Path(path)
     array = _as_float_array(read_restricted_pickle(path), path, "ctf", (9,))
-    names = (
-        "box_size",
-        "pixel_size_in_angstroms",
-        "defocus_u_in_angstroms",
-        "defocus_v_in_angstroms",
-        "astigmatism_angle_in_degrees",
-        "voltage_in_kilovolts",
-        "spherical_aberration_in_millimeters",
-        "amplitude_contrast_ratio",
-        "phase_shift_in_degrees",
-    )
+    names = ("box_size", "pixel_size_in_angstroms", *CTF_FIELDS)  # cryoDRGN's column order
     return {name: array[:, column] for column, name in enumerate(names)}
