@@ -31,14 +31,21 @@ def _flat_batch(batch) -> dict:
     return flat
 
 
-def _with_ctf_parameters(function):
-    """Adapt a model or guide to the flat batch: gather the CTF fields into `CTFParameters`."""
+def _ctf_parameters(fields: dict, count: int | None = None):
+    """`CTFParameters` from the dataset's CTF arrays (named as `CTF_FIELDS`), the first `count` of each."""
     from atomicspi.io import CTF_FIELDS
     from atomicspi.microscope import CTFParameters
 
+    return CTFParameters(**{name: jnp.asarray(fields[name][:count], dtype=jnp.float32) for name in CTF_FIELDS})
+
+
+def _with_ctf_parameters(function):
+    """Adapt a model or guide to the flat batch: gather the CTF fields into `CTFParameters`."""
+    from atomicspi.io import CTF_FIELDS
+
     def adapted(**arguments):
-        ctf = CTFParameters(**{name: arguments.pop(name) for name in CTF_FIELDS})
-        return function(ctf=ctf, **arguments)
+        fields = {name: arguments.pop(name) for name in CTF_FIELDS}
+        return function(ctf=_ctf_parameters(fields), **arguments)
 
     adapted.__name__ = getattr(function, "__name__", "function")
     return adapted
@@ -75,13 +82,11 @@ def _estimate_noise_std(dataset, n_images: int = 256) -> float:
 def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> float:
     """Least-squares scale from the microscope's units (V·Å) to the images' units, fitting the
     reference structure's images to the first particles at their given poses."""
-    from atomicspi.io import CTF_FIELDS
-    from atomicspi.microscope import CTFParameters
     from atomicspi.models import render_images
 
     batch = dataset.batch(np.arange(min(n_images, len(dataset))))
     n = len(batch.indices)
-    ctf = CTFParameters(**{name: jnp.asarray(batch.ctf[name], dtype=jnp.float32) for name in CTF_FIELDS})
+    ctf = _ctf_parameters(batch.ctf)
     positions = jnp.broadcast_to(jnp.asarray(structure.positions_in_angstroms, dtype=jnp.float32), (n, structure.n_atoms, 3))
     predicted = np.asarray(
         render_images(image_model, positions, jnp.asarray(batch.rotations, dtype=jnp.float32),
@@ -92,7 +97,7 @@ def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> f
     return float(np.sum(images * predicted) / np.sum(predicted * predicted))
 
 
-def _positions_from_draws(model_name, context, draws, decoder_params, decoder):
+def _positions_from_draws(model_name, context, draws, decoder):
     """Atom positions for per-particle draws: `(n_particles, n_samples, n_atoms, 3)`."""
     from atomicspi.models import deformation_positions, domain_positions, nma_positions
 
@@ -103,7 +108,7 @@ def _positions_from_draws(model_name, context, draws, decoder_params, decoder):
     if model_name == "nma":
         return jax.jit(functools.partial(nma_positions, context))(jnp.asarray(draws["amplitudes"]))
     if model_name == "deformation":
-        return jax.jit(functools.partial(deformation_positions, context, decoder_params))(jnp.asarray(draws["z"]))
+        return jax.jit(functools.partial(deformation_positions, context, decoder))(jnp.asarray(draws["z"]))
     raise AssertionError(model_name)
 
 
@@ -127,8 +132,8 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         make_optimizer,
         make_svi,
     )
-    from atomicspi.io import CTF_FIELDS, InputError, load_particles
-    from atomicspi.microscope import CTFParameters, make_image_model
+    from atomicspi.io import InputError, load_particles
+    from atomicspi.microscope import make_image_model
     from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
     from atomicspi.structure import load_structure
 
@@ -217,21 +222,19 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         )
         sample_positions = np.broadcast_to(sample_positions[None], (len(dataset), *sample_positions.shape))
     else:
-        decoder_params = None
-        if decoder is not None:
-            decoder_params = eqx.combine(params["decoder$params"], eqx.partition(decoder, eqx.is_inexact_array)[1])
-        sample_positions = np.asarray(_positions_from_draws(config.model, context, local, decoder_params, decoder))
+        if decoder is not None:  # the fitted decoder: learned weights, the initial module's structure
+            decoder = eqx.combine(params["decoder$params"], eqx.partition(decoder, eqx.is_inexact_array)[1])
+        sample_positions = np.asarray(_positions_from_draws(config.model, context, local, decoder))
         mean_positions = sample_positions.mean(axis=1)
-    written = structure.heavy_atoms() if config.output_atoms == "heavy" else structure
     atom_indices = np.flatnonzero(structure.atomic_numbers != 1) if config.output_atoms == "heavy" else np.arange(structure.n_atoms)
-    write_ensemble(output, written, mean_positions[:, atom_indices], sample_positions[:, :, atom_indices])
+    write_ensemble(output, structure.take(atom_indices), mean_positions[:, atom_indices], sample_positions[:, :, atom_indices])
     write_posterior(output / "posterior.nc", local, global_)
     timings["posterior_seconds"] = time.perf_counter() - started
 
     plot_elbo(output / "elbo.png", -result.elbo_history)
     _, first = ordered[0]
     shown = min(_FIT_PARTICLES_SHOWN, counts[0])
-    ctf = CTFParameters(**{name: jnp.asarray(first[name][:shown]) for name in CTF_FIELDS})
+    ctf = _ctf_parameters(first, shown)
     rendered = render_images(
         image_model, jnp.asarray(mean_positions[:shown], dtype=jnp.float32), jnp.asarray(first["rotations"][:shown]),
         jnp.asarray(first["shifts_in_angstroms"][:shown]), ctf,

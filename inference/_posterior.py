@@ -33,6 +33,6 @@ def draw_posterior(guide, params, batches, n_samples: int, key, model_arguments:
         for name, values in draws.items():
             if name in local:
                 local[name].append(np.moveaxis(np.asarray(values), 0, 1))  # (batch, sample, ...)
-            elif not global_ or name not in global_:
+            elif name not in global_:
                 global_[name] = np.asarray(values)
     return {name: np.concatenate(parts) for name, parts in local.items() if parts}, global_
