@@ -24,10 +24,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from numpyro.infer import Predictive
 
-from atomicspi.inference import AmortizedGuide, draw_posterior, fit, make_epoch_minibatches, make_svi
+from atomicspi.inference import AmortizedGuide, draw_posterior, fit, make_epoch_minibatches, make_optimizer, make_svi
 from atomicspi.microscope import CTFParameters, make_image_model, sample_uniform_rotations
 from atomicspi.models import ModelOptions, build_model_context, nma
 from atomicspi.structure import load_structure
@@ -43,19 +42,6 @@ def _with_ctf(function):
         return function(ctf=ctf, **batch)
 
     return with_ctf
-
-
-def _optimizer(steps):
-    """As in tests/test_calibration.py: Adam, cosine-decayed, 3e-2 for the per-particle offsets and
-    1e-2 for the encoder and the globals."""
-
-    def adam(rate):
-        return optax.adam(optax.cosine_decay_schedule(rate, steps, alpha=0.01))
-
-    def labels(parameters):
-        return {name: "offsets" if name == "local_offsets" else "shared" for name in parameters}
-
-    return optax.multi_transform({"offsets": adam(3e-2), "shared": adam(1e-2)}, labels)
 
 
 def run_dataset(context, n_particles, batch_size, steps, seed, rank):
@@ -85,7 +71,7 @@ def run_dataset(context, n_particles, batch_size, steps, seed, rank):
 
     guide = _with_ctf(AmortizedGuide("nma", context, BOX, jax.random.fold_in(key, 2), rank=rank))
     model_arguments = {"context": context, "n_particles": n_particles}
-    svi = make_svi(_with_ctf(nma), guide, _optimizer(steps), **model_arguments)
+    svi = make_svi(_with_ctf(nma), guide, make_optimizer(1e-2, 3e-2, decay_steps=steps), **model_arguments)
     start = time.perf_counter()
     result = fit(
         svi, make_epoch_minibatches(read_particles, n_particles, batch_size, seed), steps,

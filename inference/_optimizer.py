@@ -8,7 +8,9 @@ __all__ = ["make_optimizer"]
 _PER_PARTICLE_PARAMETERS = ("local_offsets",)
 
 
-def make_optimizer(learning_rate: float, per_particle_learning_rate: float | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+    learning_rate: float, per_particle_learning_rate: float | None = None, decay_steps: int | None = None
+) -> optax.GradientTransformation:
     """Adam with one learning rate for the shared parameters (encoder, decoder, globals) and another
     for per-particle parameters.
 
@@ -21,10 +23,14 @@ def make_optimizer(learning_rate: float, per_particle_learning_rate: float | Non
 
     - `learning_rate`: Adam step size of the shared parameters.
     - `per_particle_learning_rate`: Adam step size of the per-particle parameters (`local_offsets`).
+    - `decay_steps`: when given, both rates decay along a cosine to 1 % over this many steps.
 
     **Returns:** an optax transformation over NumPyro's parameter dict.
     """
     per_particle = 20.0 * learning_rate if per_particle_learning_rate is None else per_particle_learning_rate
+
+    def adam(rate):
+        return optax.adam(rate if decay_steps is None else optax.cosine_decay_schedule(rate, decay_steps, alpha=0.01))
 
     def labels(parameters):
         return {
@@ -32,4 +38,4 @@ def make_optimizer(learning_rate: float, per_particle_learning_rate: float | Non
             for name, value in parameters.items()
         }
 
-    return optax.multi_transform({"shared": optax.adam(learning_rate), "particle": optax.adam(per_particle)}, labels)
+    return optax.multi_transform({"shared": adam(learning_rate), "particle": adam(per_particle)}, labels)
