@@ -168,7 +168,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     )
     context = build_model_context(
         structure, image_model, config.n_modes, config.cutoff_in_angstroms, options, coarse_grain=config.coarse_grain,
-        domain_residue_ranges=config.domains if config.model == "domains" else None,
+        domain_residue_ranges=config.domains if config.model in ("domains", "deformation") else None,
     )
     key = jax.random.key(config.seed)
     model = MODELS[config.model]

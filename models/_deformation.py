@@ -1,5 +1,5 @@
 """`deformation`: a per-particle latent z decoded by a neural network into bead displacements, with
-the elastic-network energy as a physics prior factor."""
+the elastic-network energy as a physics prior on the decoded structures."""
 
 from __future__ import annotations
 
@@ -14,24 +14,40 @@ from numpyro.contrib.module import eqx_module
 from ._context import ModelContext
 from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
 
-__all__ = ["Decoder", "deformation", "deformation_positions"]
+__all__ = ["Decoder", "deformation", "deformation_positions", "latent_elastic_log_normaliser"]
 
 
 class Decoder(eqx.Module):
-    """MLP from a latent vector to bead displacements (Å); starts as the zero map (the reference)."""
+    """From a latent vector to bead displacements (Å): a linear map (the population's principal
+    displacements, as in a probabilistic PCA) plus an MLP for the curvature of large motions.
 
+    Both start near zero, so the initial decoder gives the reference structure.
+
+    **Arguments:**
+
+    - `latent_dim`: length of z.
+    - `n_beads`: number of beads displaced.
+    - `key`: PRNG key for the initial weights.
+    - `hidden_size`: width of the MLP's two hidden layers.
+    """
+
+    linear: eqx.nn.Linear
     mlp: eqx.nn.MLP
     n_beads: int = eqx.field(static=True)
 
     def __init__(self, latent_dim: int, n_beads: int, key: PRNGKeyArray, hidden_size: int = 128):
-        mlp = eqx.nn.MLP(latent_dim, 3 * n_beads, hidden_size, depth=2, activation=jax.nn.gelu, key=key)
+        linear_key, mlp_key = jax.random.split(key)
+        linear = eqx.nn.Linear(latent_dim, 3 * n_beads, use_bias=False, key=linear_key)
+        self.linear = eqx.tree_at(lambda m: m.weight, linear, linear.weight * 1e-2)
+        mlp = eqx.nn.MLP(latent_dim, 3 * n_beads, hidden_size, depth=2, activation=jax.nn.gelu, key=mlp_key)
         last = mlp.layers[-1]
-        mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (last.weight * 1e-2, jnp.zeros_like(last.bias)))
-        self.mlp = mlp
+        self.mlp = eqx.tree_at(
+            lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (last.weight * 1e-2, jnp.zeros_like(last.bias))
+        )
         self.n_beads = n_beads
 
     def __call__(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
-        return self.mlp(z).reshape(self.n_beads, 3)
+        return (self.linear(z) + self.mlp(z)).reshape(self.n_beads, 3)
 
 
 def deformation_positions(context: ModelContext, decoder: Decoder, z):
@@ -42,27 +58,52 @@ def deformation_positions(context: ModelContext, decoder: Decoder, z):
     return positions.reshape(*z.shape[:-1], *positions.shape[-2:])
 
 
+def latent_elastic_log_normaliser(context: ModelContext, decoder: Decoder, spring_constant) -> Float[Array, ""]:
+    """log Z of the prior p(z) ∝ N(z; 0, I) · exp(−γ E(x(z))/kT) in the Laplace approximation about
+    z = 0: with J = ∂x/∂z at 0 and K the network's Hessian at the reference (unit γ),
+    log Z ≈ −½ log det(I + γ JᵀKJ / kT). Exact for a linear decoder through the reference.
+
+    Along a decoded direction v the marginal spread of the structures is then at most the Boltzmann
+    spread kT/(γ vᵀKv): the elastic network caps how far the population moves along stiff directions,
+    and γ stays identifiable from the data (it is not pulled by a count of 3n − 6 degrees of freedom
+    that the decoder does not use)."""
+    latent_dim = decoder.linear.in_features
+    jacobian = jax.jacfwd(decoder)(jnp.zeros(latent_dim))  # (n_beads, 3, latent_dim)
+    gradient = jax.grad(context.network.energy)
+    reference = context.bead_positions_in_angstroms
+
+    def hessian_times(column):
+        return jax.jvp(gradient, (reference,), (column,))[1]
+
+    columns = jnp.moveaxis(jacobian, -1, 0)
+    curvature = jnp.einsum("kbc,lbc->kl", columns, jax.vmap(hessian_times)(columns))
+    matrix = jnp.eye(latent_dim) + spring_constant * curvature / context.options.temperature_factor
+    return -0.5 * jnp.linalg.slogdet(matrix)[1]
+
+
 def deformation(
     *, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n_particles: int, decoder: Decoder, indices=None
 ):
     """Neural deformation model (atomic cryoDRGN/cryoSTAR-like, with a physics prior).
 
     **Random variables:** globals `spring_constant`, `noise_std`; the decoder weights are global
-    parameters (point estimates); in the `particle` plate: `z` ~ N(0, I) of size `latent_dim`, the factor
-    `elastic_energy` = log of the Boltzmann density exp(−γE(x(z))/kT) of the decoded bead positions,
-    normalised in γ in the harmonic approximation (which keeps γ identifiable), with a weak restraint
-    on rigid-body displacements; optional pose corrections, `contrast`, observed `images`.
+    parameters (point estimates); in the `particle` plate the latent `z` of size `latent_dim` with the
+    prior p(z) ∝ N(z; 0, I) · exp(−γE(x(z))/kT): the Gaussian `z` site times the factor
+    `elastic_energy` = −γE(x(z))/kT − log Z(γ, decoder), E the elastic network's energy of the decoded
+    bead positions (with `domains`, only the springs inside domains) and Z the normaliser of
+    `latent_elastic_log_normaliser` (so that γ can be learned); optional pose corrections, `contrast`,
+    observed `images`.
     """
     spring_constant, noise_std = sample_globals(context)
     options = context.options
     net = eqx_module("decoder", decoder)
+    log_normaliser = latent_elastic_log_normaliser(context, net, spring_constant)
     batch_size = rotations.shape[0]
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([options.latent_dim]).to_event(1))
         displacements = jax.vmap(net)(z)
-        bead_positions = context.bead_positions_in_angstroms + displacements
-        log_prior = jax.vmap(context.elastic_log_prior, in_axes=(0, None))(bead_positions, spring_constant)
-        numpyro.factor("elastic_energy", log_prior)
+        energy = jax.vmap(context.network.energy)(context.bead_positions_in_angstroms + displacements)
+        numpyro.factor("elastic_energy", -spring_constant * energy / options.temperature_factor - log_normaliser)
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         positions = jax.vmap(context.atoms_from_bead_displacements)(displacements)
         predicted = render_images(context.image_model, positions, rotations, shifts, ctf)

@@ -187,3 +187,68 @@ def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_st
     energy = 0.5 * np.sum((np.linalg.norm(beads[pairs[:, 0]] - beads[pairs[:, 1]], axis=1) - rest) ** 2)
     assert energy > 1.0
     np.testing.assert_allclose(at_rest - bent, gamma * energy, rtol=1e-4)
+
+
+def _linear_decoder(n_beads, directions):
+    """A Decoder whose MLP is switched off and whose linear map has the given columns `(n_beads, 3, d)`."""
+    import equinox as eqx
+
+    from atomicspi.models import Decoder
+
+    latent_dim = directions.shape[-1]
+    decoder = Decoder(latent_dim, n_beads, jax.random.key(0))
+    decoder = eqx.tree_at(lambda d: d.linear.weight, decoder, jnp.asarray(directions.reshape(3 * n_beads, latent_dim)))
+    last = decoder.mlp.layers[-1]
+    return eqx.tree_at(lambda d: d.mlp.layers[-1].weight, decoder, jnp.zeros_like(last.weight))
+
+
+def test_latent_normaliser_is_the_integral_of_the_boltzmann_factor(context):
+    """One latent dimension: Z = ∫ N(z; 0, 1) exp(−γE(x⁰ + j z)/kT) dz by quadrature with the real
+    (anharmonic) energy matches exp(log Z) for a small direction j; two dimensions: the determinant
+    from the dense analytic Hessian of the structure module."""
+    from scipy import integrate
+
+    from atomicspi.models import latent_elastic_log_normaliser
+
+    n_beads = context.n_beads
+    rng = np.random.default_rng(3)
+    gamma = 0.3
+    direction = rng.normal(size=(n_beads, 3, 1)) * 0.05
+    decoder = _linear_decoder(n_beads, direction)
+    reference = np.asarray(context.bead_positions_in_angstroms, dtype=float)
+
+    def integrand(z):
+        energy = float(context.network.energy(jnp.asarray(reference + direction[..., 0] * z)))
+        return stats.norm.pdf(z) * np.exp(-gamma * energy)
+
+    expected = np.log(integrate.quad(integrand, -10, 10, limit=200)[0])
+    got = float(latent_elastic_log_normaliser(context, decoder, gamma))
+    assert got < -0.1  # the factor matters: not a vacuous comparison of two zeros
+    np.testing.assert_allclose(got, expected, rtol=2e-3)
+
+    directions = rng.normal(size=(n_beads, 3, 2)) * 0.2
+    hessian = np.asarray(context.network.hessian(), dtype=float)
+    columns = directions.reshape(3 * n_beads, 2)
+    expected = -0.5 * np.linalg.slogdet(np.eye(2) + gamma * columns.T @ hessian @ columns)[1]
+    got = float(latent_elastic_log_normaliser(context, _linear_decoder(n_beads, directions), gamma))
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_deformation_factor_is_energy_minus_log_normaliser(context):
+    """The model's `elastic_energy` factor for a particle at latent z equals −γE(x(z)) − log Z."""
+    from atomicspi.models import latent_elastic_log_normaliser
+
+    batch = _batch(2)
+    common = dict(images=None, context=context, n_particles=2, **batch)
+    n_beads = context.n_beads
+    directions = np.random.default_rng(4).normal(size=(n_beads, 3, 2)) * 0.3
+    decoder = _linear_decoder(n_beads, directions)
+    z = np.array([[0.5, -1.0], [2.0, 0.3]])
+    gamma = 0.2
+    trace = handlers.trace(handlers.substitute(handlers.seed(deformation, 0), data={"z": z, "spring_constant": gamma}))
+    trace = trace.get_trace(decoder=decoder, **common)
+    factor = np.asarray(trace["elastic_energy"]["fn"].log_prob(trace["elastic_energy"]["value"]))
+    reference = np.asarray(context.bead_positions_in_angstroms, dtype=float)
+    energies = [float(context.network.energy(jnp.asarray(reference + directions @ zi))) for zi in z]
+    expected = -gamma * np.array(energies) - float(latent_elastic_log_normaliser(context, decoder, gamma))
+    np.testing.assert_allclose(factor, expected, rtol=1e-4)

@@ -50,7 +50,9 @@ class DatasetConfig:
     - `device_count` (None = all visible devices).
     - `domains` (None; required by `model: domains`): rigid domains as lists of inclusive residue
       ranges, e.g. adenylate kinase `[[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]`
-      (CORE, NMP, LID).
+      (CORE, NMP, LID). With `model: deformation` they are optional: the elastic prior then counts
+      only the springs inside domains, so that hinge motions between domains are not priced as
+      stretched springs.
     - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"` or `"all"`.
     """
 
