@@ -30,8 +30,9 @@ def write_example(
     seed: int = 0,
 ) -> pathlib.Path:
     """Simulate a small AdK dataset (conformations interpolated closed → open, fractions uniform in
-    [0, 0.8]) and write it with a `dataset.yaml` that fits the `domains` model (CORE, NMP, LID
-    rigid motions composed with 5 elastic-network modes); returns the yaml path."""
+    [0, 0.8]) and write it with a `dataset.yaml` that fits the `deformation` model (a 2-D latent
+    decoded into bead displacements, the elastic prior counting the springs inside CORE, NMP and
+    LID); returns the yaml path."""
     from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
     from atomicspi.structure import load_structure
 
@@ -44,7 +45,7 @@ def write_example(
         closed, positions, box_size, pixel_size_in_angstroms, signal_to_noise_ratio, seed=seed
     )
     return write_simulated_dataset(
-        folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model="domains",
-        config_overrides={"num_steps": num_steps, "batch_size": 32, "samples_per_particle": 4, "n_modes": 5,
+        folder, closed, particles, truth_extra={"interpolation_fraction": fractions}, model="deformation",
+        config_overrides={"num_steps": num_steps, "batch_size": 32, "samples_per_particle": 4, "latent_dim": 2,
                           "learning_rate": 3e-3, "domains": ADENYLATE_KINASE_DOMAINS},
     )

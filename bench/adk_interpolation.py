@@ -45,6 +45,7 @@ def main():
     parser.add_argument("--fraction-range", type=float, nargs=2, default=(0.0, 0.8))
     parser.add_argument("--folder", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-domains", action="store_true", help="deformation without the CORE/NMP/LID domains: the whole network's springs")
     arguments = parser.parse_args()
 
     folder = pathlib.Path(arguments.folder or tempfile.mkdtemp(prefix="adk-bench-"))
@@ -61,7 +62,7 @@ def main():
                           "learning_rate": arguments.learning_rate, "n_modes": arguments.n_modes,
                           "latent_dim": arguments.latent_dim,
                           "samples_per_particle": 4, "checkpoint_every": 500,
-                          **({"domains": ADENYLATE_KINASE_DOMAINS} if arguments.model in ("domains", "deformation") else {})},
+                          **({"domains": ADENYLATE_KINASE_DOMAINS} if arguments.model == "domains" or (arguments.model == "deformation" and not arguments.no_domains) else {})},
     )
     simulated = time.perf_counter() - started
     started = time.perf_counter()
@@ -75,7 +76,7 @@ def main():
     result = {
         "n_particles": arguments.n_particles, "box_size": arguments.box_size, "pixel_size": arguments.pixel_size,
         "snr": arguments.snr, "model": arguments.model, "num_steps": arguments.num_steps,
-        "latent_dim": arguments.latent_dim, "n_modes": arguments.n_modes,
+        "latent_dim": arguments.latent_dim, "n_modes": arguments.n_modes, "domains": not arguments.no_domains, "seed": arguments.seed,
         "median_rmsd_posterior_mean": float(np.median(calpha_rmsd(estimate, truth))),
         "percentile_90_rmsd_posterior_mean": float(np.percentile(calpha_rmsd(estimate, truth), 90)),
         "median_rmsd_by_fraction": {

@@ -61,7 +61,9 @@ class AmortizedGuide:
     - `context`: the model's `ModelContext`.
     - `box_size`: image side D.
     - `key`: PRNG key for the encoder's initial weights.
-    - `rank`: rank of the covariance factor of the amplitudes (full covariance when ≥ n_modes).
+    - `rank`: rank of the covariance factor of the vector sites; a site no longer than `rank` gets a
+      full covariance through its Cholesky factor (a diagonal + low-rank form of full rank is badly
+      conditioned in float32 once the diagonal shrinks).
     - `per_particle_offsets`: semi-amortized inference: add a free parameter vector per particle
       (`local_offsets`, indexed by the minibatch's `indices`) to the encoder's output, so that each
       particle's posterior is refined beyond what the encoder generalises (the encoder alone still
@@ -82,13 +84,16 @@ class AmortizedGuide:
             self.vector_scales["domain_motion"] = jnp.concatenate([jnp.full(3 * moving, 0.1), jnp.full(3 * moving, 2.0)])
             self.vector_scales["amplitudes"] = mode_scale
         elif model_name == "deformation":
+            # Diagonal: with a full covariance (Cholesky or low-rank form) the full-size benchmark's
+            # training diverged (non-finite losses after 400–800 steps); the diagonal one did not.
             self.local_sizes["z"] = 2 * options.latent_dim
         elif model_name != "homogeneous":
             raise ValueError(f"unknown model {model_name!r}")
         self.rank = rank
         for name, scale in self.vector_scales.items():
             size = scale.shape[0]
-            self.local_sizes[name] = 2 * size + size * min(rank, size)
+            # Full covariance (a Cholesky factor) when the rank would reach the size, else diagonal + low rank.
+            self.local_sizes[name] = 2 * size + (size * (size - 1) // 2 if size <= rank else size * rank)
         self.local_sizes["contrast"] = 2
         if options.refine_poses:
             self.local_sizes["rotation_correction"] = 6
@@ -129,12 +134,17 @@ class AmortizedGuide:
         with numpyro.plate("particle", n_particles, subsample_size=batch_size):
             for name, s in self.vector_scales.items():
                 k = s.shape[0]
-                r = min(self.rank, k)
                 raw = pieces[name]
                 loc = raw[:, :k] * s
-                diagonal = (_scale(raw[:, k : 2 * k]) * s) ** 2
-                factor = raw[:, 2 * k :].reshape(batch_size, k, r) * 0.1 * s[:, None]
-                numpyro.sample(name, dist.LowRankMultivariateNormal(loc, factor, diagonal))
+                if k <= self.rank:
+                    rows, columns = jnp.tril_indices(k, -1)
+                    lower = jnp.zeros((batch_size, k, k)).at[:, rows, columns].set(0.1 * raw[:, 2 * k :])
+                    scale_tril = s[:, None] * (lower + jax.vmap(jnp.diag)(_scale(raw[:, k : 2 * k])))
+                    numpyro.sample(name, dist.MultivariateNormal(loc, scale_tril=scale_tril))
+                else:
+                    diagonal = (_scale(raw[:, k : 2 * k]) * s) ** 2
+                    factor = raw[:, 2 * k :].reshape(batch_size, k, self.rank) * 0.1 * s[:, None]
+                    numpyro.sample(name, dist.LowRankMultivariateNormal(loc, factor, diagonal))
             if "z" in pieces:
                 d = self.options.latent_dim
                 raw = pieces["z"]
