@@ -46,6 +46,7 @@ def main():
     parser.add_argument("--folder", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-domains", action="store_true", help="deformation without the CORE/NMP/LID domains: the whole network's springs")
+    parser.add_argument("--auto-domains", type=int, default=None, help="instead of CORE/NMP/LID, find this many domains from the modes")
     arguments = parser.parse_args()
 
     folder = pathlib.Path(arguments.folder or tempfile.mkdtemp(prefix="adk-bench-"))
@@ -62,7 +63,7 @@ def main():
                           "learning_rate": arguments.learning_rate, "n_modes": arguments.n_modes,
                           "latent_dim": arguments.latent_dim,
                           "samples_per_particle": 4, "checkpoint_every": 500,
-                          **({"domains": ADENYLATE_KINASE_DOMAINS} if arguments.model == "domains" or (arguments.model == "deformation" and not arguments.no_domains) else {})},
+                          **({"domains": arguments.auto_domains or ADENYLATE_KINASE_DOMAINS} if arguments.model == "domains" or (arguments.model == "deformation" and not arguments.no_domains) else {})},
     )
     simulated = time.perf_counter() - started
     started = time.perf_counter()
@@ -76,7 +77,7 @@ def main():
     result = {
         "n_particles": arguments.n_particles, "box_size": arguments.box_size, "pixel_size": arguments.pixel_size,
         "snr": arguments.snr, "model": arguments.model, "num_steps": arguments.num_steps,
-        "latent_dim": arguments.latent_dim, "n_modes": arguments.n_modes, "domains": not arguments.no_domains, "seed": arguments.seed,
+        "latent_dim": arguments.latent_dim, "n_modes": arguments.n_modes, "domains": "none" if arguments.no_domains else (arguments.auto_domains or "CORE/NMP/LID"), "seed": arguments.seed,
         "median_rmsd_posterior_mean": float(np.median(calpha_rmsd(estimate, truth))),
         "percentile_90_rmsd_posterior_mean": float(np.percentile(calpha_rmsd(estimate, truth), 90)),
         "median_rmsd_by_fraction": {

@@ -115,8 +115,9 @@ def build_model_context(
     - `n_modes`: number of lowest non-rigid modes kept.
     - `cutoff_in_angstroms`: contact cutoff of the elastic network.
     - `coarse_grain`: beads at the Cα (`"calpha"`) or at residue centroids (`"centroid"`).
-    - `domain_residue_ranges`: for the `domains` model, each domain's list of `(first, last)`
-      residue numbers (inclusive); the domain with most beads is renumbered 0 and held fixed.
+    - `domain_residue_ranges`: each domain's list of `(first, last)` residue numbers (inclusive), or
+      a number of domains to find from the network's lowest modes; the domain with most beads is
+      renumbered 0 (the `domains` model holds it fixed).
 
     **Returns:** a `ModelContext`.
     """
@@ -125,8 +126,11 @@ def build_model_context(
     beads = {"calpha": structure_module.calpha_beads, "centroid": structure_module.centroid_beads}[coarse_grain](structure)
     network = structure_module.ElasticNetwork.from_positions(beads.bead_positions_in_angstroms, cutoff_in_angstroms)
     modes = structure_module.normal_modes(network, n_modes)
-    if domain_residue_ranges:
+    if isinstance(domain_residue_ranges, int):
+        domains = structure_module.domains_from_normal_modes(network, domain_residue_ranges)
+    elif domain_residue_ranges:
         domains = structure_module.domains_from_residue_ranges(beads.bead_residue_numbers, domain_residue_ranges)
+    if domain_residue_ranges:
         largest = int(np.argmax(np.bincount(domains)))
         domains = np.where(domains == largest, 0, np.where(domains == 0, largest, domains))
         n_domains = int(domains.max()) + 1

@@ -50,9 +50,10 @@ class DatasetConfig:
     - `device_count` (None = all visible devices).
     - `domains` (None; required by `model: domains`): rigid domains as lists of inclusive residue
       ranges, e.g. adenylate kinase `[[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]`
-      (CORE, NMP, LID). With `model: deformation` they are optional: the elastic prior then counts
-      only the springs inside domains, so that hinge motions between domains are not priced as
-      stretched springs.
+      (CORE, NMP, LID), or a number n ≥ 2: find n quasi-rigid domains from the elastic network's
+      lowest modes (`atomicspi.structure.domains_from_normal_modes`). With `model: deformation` they
+      are optional: the elastic prior then counts only the springs inside domains, so that hinge
+      motions between domains are not priced as stretched springs.
     - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"` or `"all"`.
     """
 
@@ -78,7 +79,7 @@ class DatasetConfig:
     checkpoint_every: int = 200
     n_particles: int | None = None
     device_count: int | None = None
-    domains: tuple | None = None
+    domains: tuple | int | None = None
     output_atoms: str = "heavy"
 
 
@@ -89,10 +90,18 @@ _POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_an
 
 
 def _domains(value, path: pathlib.Path):
-    """`domains` as a tuple (per domain) of tuples of (first, last) residue numbers."""
+    """`domains` as a tuple (per domain) of tuples of (first, last) residue numbers, or an integer ≥ 2
+    (that many domains, found from the elastic network's modes)."""
     if value is None:
         return None
-    message = f"{path}: field domains: must be a list of domains, each a list of [first, last] residue ranges"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 2:
+            raise InputError(f"{path}: field domains: a number of domains must be at least 2, got {value}")
+        return value
+    message = (
+        f"{path}: field domains: must be a number of domains (≥ 2) or a list of domains, each a list of "
+        "[first, last] residue ranges"
+    )
     if not isinstance(value, list) or len(value) < 2:
         raise InputError(message + " (at least two domains)")
     domains = []

@@ -16,6 +16,7 @@ from ._coarse_grain import contact_pairs as contact_pairs
 from ._domains import apply_domain_motion as apply_domain_motion
 from ._domains import domain_centroids as domain_centroids
 from ._domains import domain_normal_modes as domain_normal_modes
+from ._domains import domains_from_normal_modes as domains_from_normal_modes
 from ._domains import domains_from_residue_ranges as domains_from_residue_ranges
 from ._elastic_network import ElasticNetwork as ElasticNetwork
 from ._normal_modes import NormalModes as NormalModes

@@ -14,7 +14,13 @@ from ._elastic_network import ElasticNetwork
 from ._normal_modes import NormalModes, normal_modes
 from ..microscope._rotations import axis_angle_to_matrix
 
-__all__ = ["domains_from_residue_ranges", "domain_centroids", "apply_domain_motion", "domain_normal_modes"]
+__all__ = [
+    "domains_from_residue_ranges",
+    "domains_from_normal_modes",
+    "domain_centroids",
+    "apply_domain_motion",
+    "domain_normal_modes",
+]
 
 
 def domains_from_residue_ranges(
@@ -45,6 +51,63 @@ def domains_from_residue_ranges(
         missing = numbers[assignment < 0]
         raise InputError(f"residue_ranges: residues {missing[:5].tolist()}{'...' if missing.size > 5 else ''} are in no domain")
     return assignment
+
+
+def domains_from_normal_modes(
+    network: ElasticNetwork, n_domains: int, n_modes: int = 10, seed: int = 0
+) -> Int[np.ndarray, " n_beads"]:
+    """Find `n_domains` quasi-rigid domains from the elastic network's lowest modes.
+
+    Under the lowest modes, springs inside a rigid domain barely change length, while springs across
+    a hinge do. Every spring (i, j) gets the variance of its length change in the Boltzmann ensemble
+    of the modes, Fᵢⱼ = Σₖ ((vₖᵢ − vₖⱼ)·eᵢⱼ)²/λₖ (eᵢⱼ the unit bond vector; units kT/γ), and the
+    weight exp(−Fᵢⱼ / median F). The beads are then split by spectral clustering of that weighted
+    contact graph: k-means (best of 20) on the row-normalised lowest `n_domains` eigenvectors of the
+    normalised graph Laplacian. Domains need not be contiguous in sequence.
+
+    **Arguments:**
+
+    - `network`: the elastic network of the beads.
+    - `n_domains`: number of domains (≥ 2).
+    - `n_modes`: number of lowest non-rigid modes that define the motion.
+    - `seed`: seed of the k-means initialisations (the result is deterministic for a seed).
+
+    **Returns:** `(n_beads,)` domain index of every bead; domain 0 holds most beads.
+    """
+    import scipy.cluster.vq
+
+    if n_domains < 2:
+        raise ValueError(f"n_domains must be at least 2, got {n_domains}")
+    modes = normal_modes(network, n_modes)
+    vectors = np.asarray(modes.vectors, dtype=float)
+    eigenvalues = np.asarray(modes.eigenvalues, dtype=float)
+    positions = np.asarray(network.reference_positions_in_angstroms, dtype=float)
+    first, second = np.asarray(network.pairs).T
+    bonds = positions[first] - positions[second]
+    bonds /= np.linalg.norm(bonds, axis=1, keepdims=True)
+    stretch = np.einsum("kpc,pc->kp", vectors[:, first] - vectors[:, second], bonds)
+    fluctuation = np.sum(stretch**2 / eigenvalues[:, None], axis=0)
+    weights = np.exp(-fluctuation / np.median(fluctuation))
+    n = positions.shape[0]
+    adjacency = np.zeros((n, n))
+    adjacency[first, second] = weights
+    adjacency[second, first] = weights
+    degree = adjacency.sum(axis=1)
+    scaled = adjacency / np.sqrt(np.outer(degree, degree))
+    _, eigenvectors = np.linalg.eigh(np.eye(n) - scaled)
+    embedding = eigenvectors[:, :n_domains]
+    embedding = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    best_inertia, labels = np.inf, None
+    for _ in range(20):
+        centroids, candidate = scipy.cluster.vq.kmeans2(embedding, n_domains, minit="++", seed=rng)
+        inertia = np.sum((embedding - centroids[candidate]) ** 2)
+        if inertia < best_inertia and np.unique(candidate).size == n_domains:
+            best_inertia, labels = inertia, candidate
+    if labels is None:
+        raise ValueError(f"could not split the network into {n_domains} non-empty domains")
+    order = np.argsort(-np.bincount(labels, minlength=n_domains), kind="stable")
+    return np.argsort(order)[labels]
 
 
 def domain_centroids(
