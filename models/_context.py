@@ -126,11 +126,11 @@ def build_model_context(
     beads = {"calpha": structure_module.calpha_beads, "centroid": structure_module.centroid_beads}[coarse_grain](structure)
     network = structure_module.ElasticNetwork.from_positions(beads.bead_positions_in_angstroms, cutoff_in_angstroms)
     modes = structure_module.normal_modes(network, n_modes)
-    if isinstance(domain_residue_ranges, int):
-        domains = structure_module.domains_from_normal_modes(network, domain_residue_ranges)
-    elif domain_residue_ranges:
-        domains = structure_module.domains_from_residue_ranges(beads.bead_residue_numbers, domain_residue_ranges)
     if domain_residue_ranges:
+        if isinstance(domain_residue_ranges, int):
+            domains = structure_module.domains_from_normal_modes(network, domain_residue_ranges)
+        else:
+            domains = structure_module.domains_from_residue_ranges(beads.bead_residue_numbers, domain_residue_ranges)
         largest = int(np.argmax(np.bincount(domains)))
         domains = np.where(domains == largest, 0, np.where(domains == 0, largest, domains))
         n_domains = int(domains.max()) + 1
