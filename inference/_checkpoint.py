@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from atomicspi.io import InputError
+from atomicspi._errors import InputError
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_metadata_path"]
 

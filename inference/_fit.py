@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 from numpyro.infer import SVI
 
-from atomicspi.io import InputError
+from atomicspi._errors import InputError
 
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._interrupts import TrainingInterrupted, interrupt_on_signals

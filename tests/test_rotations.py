@@ -1,4 +1,4 @@
-"""Rotations and conventions (atomicspi.microscope._rotations) against explicit matrices and scipy."""
+"""Rotations and conventions (atomicspi.conventions, re-exported by atomicspi.microscope) against explicit matrices and scipy."""
 import jax
 import jax.numpy as jnp
 import numpy as np

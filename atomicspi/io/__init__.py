@@ -1,12 +1,9 @@
 """Reading and writing the field's files: particle stacks, RELION STAR, cryoSPARC .cs, cryoDRGN pickles.
 
 Conventions (rotations, shifts, image axes) are those written down in
-`atomicspi.microscope._rotations`. Every problem with user input raises `InputError` with a
+`atomicspi.conventions`. Every problem with user input raises `InputError` with a
 one-line message naming the file and the field.
 """
-
-# First: atomicspi.microscope imports InputError from here while this package is initialising.
-from ._errors import InputError as InputError  # isort: skip
 
 from ._config import DatasetConfig as DatasetConfig, load_config as load_config
 from ._cryodrgn import (
@@ -22,6 +19,7 @@ from ._dataset import (
     ParticleDataset as ParticleDataset,
     particle_dataset_from_arrays as particle_dataset_from_arrays,
 )
+from ._errors import InputError as InputError
 from ._load import load_particles as load_particles
 from ._mrc import (
     ImageStacks as ImageStacks,

@@ -2,7 +2,7 @@
 
 cryoDRGN's pose pickle is `(rotations, translations)`: `rotations` `(n, 3, 3)` are RELION's `A`
 and `translations` `(n, 2)` are RELION's origin as a fraction of the box, so
-`shifts_in_angstroms = -translations * D * pixel_size` (see `atomicspi.microscope._rotations`).
+`shifts_in_angstroms = -translations * D * pixel_size` (see `atomicspi.conventions`).
 Its CTF pickle is an `(n, 9)` array with columns `(D, pixel size Å, defocus U Å, defocus V Å,
 astigmatism angle °, voltage kV, Cs mm, amplitude contrast, phase shift °)`.
 """

@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from ..microscope._rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from ..conventions import axis_angle_to_matrix, matrix_to_axis_angle
 from ._dataset import OpticsGroup, ParticleDataset, consistent_optics, group_optics, relative_path
 from ._errors import InputError
 from ._mrc import ImageStacks

@@ -79,7 +79,7 @@ class ParticleBatch(NamedTuple):
 class ParticleDataset:
     """Particles: lazily read images with their CTF and (optionally) poses.
 
-    Conventions are those of `atomicspi.microscope._rotations`: `rotations` are RELION's `A`,
+    Conventions are those of `atomicspi.conventions`: `rotations` are RELION's `A`,
     `shifts_in_angstroms` are `(x, y)` = −rlnOrigin in Å.
 
     **Fields:**

@@ -1,10 +1,5 @@
-"""The one exception type for bad input."""
+"""`InputError`, re-exported from the bottom layer (`atomicspi._errors`) where it is defined."""
+
+from .._errors import InputError as InputError
 
 __all__ = ["InputError"]
-
-
-class InputError(ValueError):
-    """Bad user input: a one-line message naming the file and the field.
-
-    The command line prints `error: <message>` and exits with status 2, writing nothing.
-    """

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from ..microscope._rotations import euler_angles_to_matrix, matrix_to_euler_angles
+from ..conventions import euler_angles_to_matrix, matrix_to_euler_angles
 from ._dataset import (
     OpticsGroup,
     ParticleDataset,

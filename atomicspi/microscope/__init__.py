@@ -1,6 +1,6 @@
 """atomicspi.microscope"""
 
-from ._rotations import (
+from ..conventions import (
     axis_angle_to_matrix as axis_angle_to_matrix,
     euler_angles_to_matrix as euler_angles_to_matrix,
     geodesic_distance_in_degrees as geodesic_distance_in_degrees,

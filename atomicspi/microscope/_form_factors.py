@@ -27,7 +27,7 @@ The numbers below are Peng's Table 1 for Z = 1 (H) ... 98 (Cf), as distributed w
 import numpy as np
 from jaxtyping import Float, Int
 
-from ..io import InputError
+from .._errors import InputError
 
 
 PROJECTED_POTENTIAL_CONSTANT_IN_VOLT_ANGSTROMS_SQUARED = 47.878

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, Int
 
-from ..io import InputError
+from .._errors import InputError
 from ._ctf import CTFParameters, compute_ctf, compute_odd_aberration_phase
 from ._form_factors import PROJECTED_POTENTIAL_CONSTANT_IN_VOLT_ANGSTROMS_SQUARED, atomic_gaussian_table
 from ._projection import project_atoms_dense, project_atoms_splat, splat_window
@@ -129,7 +129,7 @@ class ImageModel(eqx.Module):
         **Arguments:**
 
         - `positions_in_angstroms`: `(n_atoms, 3)` atom (or bead) coordinates in the model frame.
-        - `rotation`: RELION's `A`, `(3, 3)` (see `_rotations`).
+        - `rotation`: RELION's `A`, `(3, 3)` (see `atomicspi.conventions`).
         - `shift_in_angstroms`: `(x, y)` of the particle centre relative to the box centre.
         - `ctf`: `CTFParameters` of this image.
 

@@ -25,7 +25,7 @@ import pathlib
 
 import numpy as np
 
-from ..io._errors import InputError
+from .._errors import InputError
 
 __all__ = [
     "RunCollectiveVariables",

@@ -9,7 +9,7 @@ import re
 import numpy as np
 from jaxtyping import Float, Int
 
-from ..io._errors import InputError
+from .._errors import InputError
 
 __all__ = ["AtomicModel", "load_structure", "load_trajectory_positions"]
 

@@ -7,7 +7,7 @@ import numpy as np
 from jaxtyping import Float, Int
 from scipy.spatial import cKDTree
 
-from ..io._errors import InputError
+from .._errors import InputError
 from ._atomic_model import AtomicModel
 
 __all__ = ["CoarseGraining", "calpha_beads", "centroid_beads", "contact_pairs"]

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ..io._errors import InputError
+from .._errors import InputError
+from ..conventions import axis_angle_to_matrix
 from ._elastic_network import ElasticNetwork
 from ._normal_modes import NormalModes, normal_modes
-from ..microscope._rotations import axis_angle_to_matrix
 
 __all__ = [
     "domains_from_residue_ranges",

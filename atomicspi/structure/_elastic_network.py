@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse
 from jaxtyping import Array, Float, Int
 
-from ..io._errors import InputError
+from .._errors import InputError
 from ._coarse_grain import contact_pairs
 
 __all__ = ["ElasticNetwork"]

@@ -13,7 +13,7 @@ import scipy.sparse.linalg
 from jaxtyping import Array, Float
 from threadpoolctl import threadpool_limits
 
-from ..io._errors import InputError
+from .._errors import InputError
 from ._elastic_network import ElasticNetwork
 from ._rigid_motion import rigid_body_basis
 

@@ -1,5 +1,9 @@
 """Rotations, and the one place where atomicspi's geometric conventions are written down.
 
+This module is in the bottom layer: it imports nothing from atomicspi, and `atomicspi.io`,
+`atomicspi.structure` and `atomicspi.microscope` take their rotations from here (the microscope
+re-exports them under their old names).
+
 **Rotations (RELION).** A pose is the rotation matrix `A` that maps model coordinates `r`
 (Å, in the frame of the reference structure) to the rotated frame `A @ r`; the image is the
 projection of the rotated model along its z axis. Euler angles are RELION's ZYZ triple
