@@ -82,9 +82,12 @@ def test_bad_yaml_exits_2_with_one_line_and_writes_nothing(tiny_dataset, tmp_pat
     result = _run(path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0] and "dataset.yaml" in lines[0] or (
-        field == "particles" and "missing.star" in lines[0]
-    ), result.stderr
+    # Every case: one line, "error: ", naming the yaml file and the field; a missing file also by its name.
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    assert field in lines[0] and "dataset.yaml" in lines[0], result.stderr
+    if field == "particles":
+        assert "missing.star" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
