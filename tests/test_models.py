@@ -103,8 +103,9 @@ def test_nma_forward_simulation_has_the_prior_statistics(context):
 
 
 def test_homogeneous_and_deformation_priors_are_the_elastic_energy(context):
-    """At zero displacement both models' elastic factor equals the normaliser alone; a stretched
-    structure costs exactly γ·E more (E computed by hand from the contact list)."""
+    """homogeneous: a stretched structure costs exactly γ·E more than the reference (E computed by
+    hand from the contact list). deformation: the factor `elastic_energy` is −γE(x(z))/kT − log Z
+    with log Z the Laplace normaliser, all computed by hand."""
     from atomicspi.models import Decoder
 
     batch = _batch(1)
@@ -132,10 +133,63 @@ def test_homogeneous_and_deformation_priors_are_the_elastic_energy(context):
     restraint = 0.5 * context.options.rigid_body_spring_constant * np.sum((basis @ displacement.ravel()) ** 2)
     np.testing.assert_allclose(at_rest - stretched, gamma * energy + restraint, rtol=1e-4)
 
+    # deformation: the factor is −γE(x(z))/kT − log Z, with log Z the Laplace approximation about
+    # z = 0, −½ log det(I + γ JᵀKJ / kT), J = ∂x/∂z at 0 and K the dense Hessian of the energy.
+    # Everything below is computed here: E by hand from the contact list, K by jax.hessian of that
+    # hand-written energy, J by central finite differences of the decoder. kT ≠ 1 and a decoder
+    # scaled up from its near-zero start, so that every term counts.
+    import dataclasses
+
+    import equinox as eqx
+
+    from atomicspi.models import latent_elastic_log_normaliser
+
+    temperature = 1.7
+    warm = dataclasses.replace(context, options=dataclasses.replace(context.options, temperature_factor=temperature))
     decoder = Decoder(2, n_beads, jax.random.key(0))
-    trace = handlers.trace(handlers.seed(deformation, 0)).get_trace(decoder=decoder, **common)
+    decoder = eqx.tree_at(
+        lambda d: (d.linear.weight, d.mlp.layers[-1].weight),
+        decoder,
+        (decoder.linear.weight * 30.0, decoder.mlp.layers[-1].weight * 30.0),
+    )
+    weights = np.asarray(context.network.spring_weights, dtype=np.float64)
+
+    def hand_energy(positions, array=np):
+        differences = positions[pairs[:, 0]] - positions[pairs[:, 1]]
+        stretch = array.sqrt(array.sum(differences**2, axis=-1)) - rest
+        return 0.5 * array.sum(weights * stretch**2)
+
+    step = 1e-2
+    jacobian = np.stack(
+        [
+            (np.asarray(decoder(jnp.asarray(step * e)), np.float64) - np.asarray(decoder(jnp.asarray(-step * e)), np.float64))
+            / (2 * step)
+            for e in np.eye(2)
+        ],
+        axis=-1,
+    ).reshape(3 * n_beads, 2)
+    hessian = np.asarray(
+        jax.hessian(lambda x: hand_energy(x.reshape(n_beads, 3), jnp))(jnp.asarray(reference.ravel())), np.float64
+    )
+    expected_log_normaliser = -0.5 * np.linalg.slogdet(np.eye(2) + gamma * jacobian.T @ hessian @ jacobian / temperature)[1]
+    assert abs(expected_log_normaliser) > 0.5  # the normaliser matters at this scale
+    np.testing.assert_allclose(
+        float(latent_elastic_log_normaliser(warm, decoder, gamma)), expected_log_normaliser, rtol=2e-3
+    )
+
+    z = np.array([[0.8, -0.5]])
+    bead_positions = reference + np.asarray(decoder(jnp.asarray(z[0])), np.float64)
+    expected = -gamma * hand_energy(bead_positions) / temperature - expected_log_normaliser
+    warm_common = dict(common, context=warm)
+    trace = handlers.trace(
+        handlers.substitute(handlers.seed(deformation, 0), data={"spring_constant": gamma, "z": jnp.asarray(z)})
+    ).get_trace(decoder=decoder, **warm_common)
     assert trace["z"]["value"].shape == (1, 2)
     assert trace["images"]["value"].shape == (1, BOX, BOX)
+    site = trace["elastic_energy"]
+    value = np.asarray(site["fn"].log_prob(site["value"]))
+    assert value.shape == (1,)
+    np.testing.assert_allclose(value[0], expected, rtol=1e-3)
 
 
 def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_structure_path):
