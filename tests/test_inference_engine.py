@@ -22,6 +22,7 @@ import _toy_training as toy
 from atomicspi.inference import (
     NonFiniteTrainingError,
     TrainingInterrupted,
+    checkpoint_metadata_path,
     epoch_minibatch_indices,
     fit,
     initialize_training,
@@ -220,18 +221,36 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.npz"
     first = {"weights": jnp.arange(4.0)}
     save_checkpoint(path, first, elbo_history=np.zeros(1), metadata={"step": 1})
-    replacements = []
-    real_replace = os.replace
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def recording_fsync(file_descriptor):
+        events.append(("fsync",))
+        real_fsync(file_descriptor)
 
     def recording_replace(source, target):
-        replacements.append((source, target))
+        # at the moment of the rename the temporary file already holds the whole new file
+        if pathlib.Path(target).suffix == ".npz":
+            with np.load(source) as complete:
+                assert len(complete.files) == 3  # one leaf, the ELBO history, the metadata
+                np.testing.assert_array_equal(complete["leaf_00000"], np.arange(4.0) + 1)
+        else:
+            assert json.loads(pathlib.Path(source).read_text())["step"] == 2
+        events.append(("replace", pathlib.Path(source), pathlib.Path(target)))
         real_replace(source, target)
 
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", recording_replace)
     save_checkpoint(path, {"weights": jnp.arange(4.0) + 1}, elbo_history=np.zeros(2), metadata={"step": 2})
-    for source, target in replacements:  # renamed from a temporary file in the same directory
-        assert pathlib.Path(source).parent == pathlib.Path(target).parent == tmp_path
-        assert pathlib.Path(source).name.startswith(f".{pathlib.Path(target).name}.")
+    replacements = [event[1:] for event in events if event[0] == "replace"]
+    # both files (checkpoint, then its sidecar) arrive by os.replace ...
+    assert [target for _, target in replacements] == [path, checkpoint_metadata_path(path)]
+    for source, target in replacements:  # ... from a temporary file in the same directory, now gone
+        assert source.parent == target.parent == tmp_path
+        assert source.name.startswith(f".{target.name}.") and not source.exists()
+    for index, event in enumerate(events):  # each written to disk (fsync) before its rename
+        if event[0] == "replace":
+            assert events[index - 1] == ("fsync",), events
 
     def failing_fsync(file_descriptor):
         raise OSError("disk full")
