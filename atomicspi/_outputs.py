@@ -8,6 +8,8 @@ import pathlib
 
 import numpy as np
 
+from atomicspi._quiet import quiet_c_stdout
+
 __all__ = ["write_ensemble", "write_posterior", "write_run_record", "plot_elbo", "plot_fits"]
 
 
@@ -15,11 +17,12 @@ def write_ensemble(folder: pathlib.Path, structure, mean_positions, sample_posit
     """`topology.pdb` (the atoms the model moves), `ensemble_mean.dcd` (frame i = posterior mean of
     particle i) and `ensemble_samples.dcd` (S draws per particle, particle-major)."""
     structure.to_mdtraj().save_pdb(str(folder / "topology.pdb"))
-    structure.to_mdtraj(mean_positions).save_dcd(str(folder / "ensemble_mean.dcd"))
     n_particles, n_samples = sample_positions.shape[:2]
-    structure.to_mdtraj(sample_positions.reshape(n_particles * n_samples, -1, 3)).save_dcd(
-        str(folder / "ensemble_samples.dcd")
-    )
+    with quiet_c_stdout():  # mdtraj's DCD plugin (VMD's dcdplugin) prints to standard output
+        structure.to_mdtraj(mean_positions).save_dcd(str(folder / "ensemble_mean.dcd"))
+        structure.to_mdtraj(sample_positions.reshape(n_particles * n_samples, -1, 3)).save_dcd(
+            str(folder / "ensemble_samples.dcd")
+        )
 
 
 UNITS = {"amplitudes": "Å", "shift_correction": "Å", "rotation_correction": "rad", "spring_constant": "kT/Å²"}

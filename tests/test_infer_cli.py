@@ -43,6 +43,7 @@ def tiny_dataset(tmp_path_factory, example_structure_path):
 def test_end_to_end_writes_every_product(tiny_dataset):
     result = _run(tiny_dataset, "--quiet")
     assert result.returncode == 0, result.stderr
+    assert "dcdplugin" not in result.stdout + result.stderr  # mdtraj's DCD plugin prints from C
     output = tiny_dataset.parent / "output"
     topology = output / "topology.pdb"
     mean = mdtraj.load(str(output / "ensemble_mean.dcd"), top=str(topology))

@@ -44,6 +44,7 @@ _GROUP_OF_PREFIX = {
     "atomicspi": BOTTOM,
     "atomicspi._errors": BOTTOM,
     "atomicspi.conventions": BOTTOM,
+    "atomicspi._quiet": BOTTOM,
     "atomicspi.io": "io",
     "atomicspi.structure": "structure",
     "atomicspi.microscope": "microscope",

@@ -8,6 +8,7 @@ on the assumption of overdamped diffusion on F with a user-set diffusion coeffic
 come from MD); their time unit is that of D, (CV unit)² / D.
 """
 
+from .._quiet import quiet_c_stdout
 from ._aggregated_posterior import aggregated_posterior_probabilities as aggregated_posterior_probabilities
 from ._aggregated_posterior import (
     bootstrap_aggregated_posterior_probabilities as bootstrap_aggregated_posterior_probabilities,
@@ -29,4 +30,8 @@ from ._plot import plot_landscape as plot_landscape
 from ._representatives import representative_particles as representative_particles
 from ._run_collective_variables import RunCollectiveVariables as RunCollectiveVariables
 from ._run_collective_variables import load_run_collective_variables as load_run_collective_variables
-from ._run_products import run_products as run_products
+from ._run_products import run_products as _run_products_printing
+
+# mdtraj's DCD reader prints two lines for every file it opens, and `run_products` opens one per
+# structure it writes: C code's standard output is discarded while it runs (Python's is kept).
+run_products = quiet_c_stdout()(_run_products_printing)

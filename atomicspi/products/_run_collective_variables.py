@@ -26,6 +26,7 @@ import pathlib
 import numpy as np
 
 from .._errors import InputError
+from .._quiet import quiet_c_stdout
 
 __all__ = [
     "RunCollectiveVariables",
@@ -212,7 +213,7 @@ def samples_layout(output_dir: pathlib.Path) -> tuple[int, int]:
             raise InputError(f"{path}: file not found")
     n_draws = _samples_per_particle(output_dir)
     try:
-        with mdtraj.formats.DCDTrajectoryFile(str(samples)) as handle:
+        with quiet_c_stdout(), mdtraj.formats.DCDTrajectoryFile(str(samples)) as handle:
             n_frames = len(handle)
     except OSError as error:
         raise InputError(f"{samples}: cannot read DCD ({str(error).splitlines()[0]})") from None
@@ -229,7 +230,8 @@ def _load_samples(output_dir: pathlib.Path, atom_indices) -> np.ndarray:
         str(output_dir / "ensemble_samples.dcd"), top=str(output_dir / "topology.pdb"), chunk=2000,
         atom_indices=np.asarray(atom_indices),
     )
-    return 10.0 * np.concatenate([chunk.xyz for chunk in chunks]).astype(np.float64)
+    with quiet_c_stdout():  # mdtraj's DCD reader prints two lines per file opened
+        return 10.0 * np.concatenate([chunk.xyz for chunk in chunks]).astype(np.float64)
 
 
 def _structural(output_dir, specification, kind, argument):

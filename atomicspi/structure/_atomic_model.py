@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from .._errors import InputError
+from .._quiet import quiet_c_stdout
 
 __all__ = ["AtomicModel", "load_structure", "load_trajectory_positions"]
 
@@ -144,7 +145,8 @@ def load_structure(path: str | os.PathLike, frame: int = 0, topology: str | None
         raise InputError(f"{path}: structure file not found")
     try:
         kwargs = {"top": topology} if topology is not None else {}
-        trajectory = mdtraj.load_frame(path, frame, **kwargs) if frame else mdtraj.load(path, **kwargs)[0]
+        with quiet_c_stdout():  # mdtraj's DCD reader prints two lines per file
+            trajectory = mdtraj.load_frame(path, frame, **kwargs) if frame else mdtraj.load(path, **kwargs)[0]
     except InputError:
         raise
     except Exception as error:  # mdtraj raises many types for bad files
@@ -174,4 +176,5 @@ def load_trajectory_positions(path: str | os.PathLike, topology: str | None = No
     if not os.path.exists(path):
         raise InputError(f"{path}: trajectory file not found")
     kwargs = {"top": topology} if topology is not None else {}
-    return mdtraj.load(path, **kwargs).xyz.astype(float) * 10.0
+    with quiet_c_stdout():  # mdtraj's DCD reader prints two lines per file
+        return mdtraj.load(path, **kwargs).xyz.astype(float) * 10.0
