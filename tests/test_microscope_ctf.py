@@ -143,6 +143,27 @@ def test_peng_table_matches_cryojax():
     np.testing.assert_allclose(b, theirs.b, rtol=1e-6)
 
 
+# Peng, Ren, Dudarev & Whelan (1996) Table 1, typed from the paper: heavier elements than cryoJAX has.
+PENG_1996_ROWS = {
+    34: ((0.4477, 1.1678, 1.5843, 2.8087, 1.1956), (0.2405, 1.5442, 6.3231, 19.461, 52.0233)),  # Se
+    79: ((0.9674, 1.8916, 3.3993, 3.0524, 1.2607), (0.2358, 1.4712, 5.6758, 18.7119, 61.5286)),  # Au
+    92: ((1.3382, 3.2043, 5.4558, 5.4839, 3.6342), (0.2838, 2.2452, 10.2519, 41.7251, 124.9023)),  # U
+    98: ((1.2089, 2.7391, 4.3482, 4.0047, 4.6497), (0.2421, 1.7487, 6.7262, 23.2153, 80.3108)),  # Cf
+}
+
+
+def test_peng_table_read_from_gemmi_covers_h_to_cf():
+    """The table is gemmi's `c4322` (IT Vol. C 4.3.2.2 = Peng 1996): H ... Cf, rows where they belong."""
+    a, b = peng_parameters(np.arange(1, 99))
+    assert np.isfinite(a).all() and np.isfinite(b).all() and (b > 0).all()
+    numbers = np.array(list(PENG_1996_ROWS))
+    a, b = peng_parameters(numbers)
+    np.testing.assert_array_equal(a, [row[0] for row in PENG_1996_ROWS.values()])
+    np.testing.assert_array_equal(b, [row[1] for row in PENG_1996_ROWS.values()])
+    with pytest.raises(InputError, match=r"\[99\]"):
+        peng_parameters(np.array([98, 99]))
+
+
 @pytest.mark.parametrize("element", ["C", "O", "S", "Se", "I", "Au", "U"])
 def test_scattering_factor_follows_mott_bethe(element):
     """Mott-Bethe: f_e(s) = m₀e² / (8π ε₀ h²) · (Z - f_x(s)) / s², with Waasmaier-Kirfel-like X-ray
