@@ -32,10 +32,11 @@ def make_optimizer(
     def adam(rate):
         return optax.adam(rate if decay_steps is None else optax.cosine_decay_schedule(rate, decay_steps, alpha=0.01))
 
+    def label_leaves(name, value):
+        label = "particle" if name in _PER_PARTICLE_PARAMETERS else "shared"
+        return jax.tree_util.tree_map(lambda _: label, value)
+
     def labels(parameters):
-        return {
-            name: jax.tree_util.tree_map(lambda _: "particle" if name in _PER_PARTICLE_PARAMETERS else "shared", value)
-            for name, value in parameters.items()
-        }
+        return {name: label_leaves(name, value) for name, value in parameters.items()}
 
     return optax.multi_transform({"shared": adam(learning_rate), "particle": adam(per_particle)}, labels)

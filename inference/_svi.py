@@ -15,8 +15,8 @@ the value of the plate's subsample site to the batch's `indices`: inside the pla
 n_particles / B, so the ELBO of a minibatch is an unbiased estimate of the ELBO of the whole stack.
 """
 
-from collections.abc import Callable, Mapping
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax

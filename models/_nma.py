@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpyro
-import numpyro.distributions as dist
 
 from atomicspi.structure import mode_amplitude_prior
 

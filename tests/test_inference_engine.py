@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import _toy_training as toy
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,6 @@ import optax
 import pytest
 import scipy.stats
 
-import _toy_training as toy
 from atomicspi.inference import (
     NonFiniteTrainingError,
     TrainingInterrupted,

@@ -1,7 +1,6 @@
 """CTF and Peng form factors against independent references (RELION's formulas, cryoJAX, Mott-Bethe)."""
 
 import gemmi
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -16,7 +16,6 @@ from atomicspi.microscope import (
 )
 from atomicspi.structure import load_structure
 
-
 # CTF(k) = 1 everywhere: sin(90°) with no aberrations
 NO_CTF = dict(
     defocus_u_in_angstroms=0.0, defocus_v_in_angstroms=0.0, spherical_aberration_in_millimeters=0.0,
@@ -182,7 +181,7 @@ def test_gradients_match_finite_differences(x64):
         for entry in range(min(flat.size, 6)):
             delta = np.zeros_like(flat)
             delta[entry] = step * max(1.0, abs(flat[entry]))
-            plus = list(args); minus = list(args)
+            plus, minus = list(args), list(args)
             plus[index] = jnp.asarray((flat + delta).reshape(np.shape(args[index])))
             minus[index] = jnp.asarray((flat - delta).reshape(np.shape(args[index])))
             numeric = (loss(*plus) - loss(*minus)) / (2 * delta[entry])

@@ -212,7 +212,9 @@ def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_st
     lid = (numbers >= 122) & (numbers <= 159)
     np.testing.assert_allclose(moved[lid], reference[lid], atol=1e-5)
     nmp = ~core & ~lid
-    distances = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)
+    def distances(x):
+        return np.linalg.norm(x[:, None] - x[None], axis=-1)
+
     np.testing.assert_allclose(distances(moved[nmp]), distances(reference[nmp]), atol=1e-4)
     assert np.abs(moved[nmp] - reference[nmp]).max() > 3.0
 

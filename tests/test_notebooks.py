@@ -1,6 +1,5 @@
 """The model notebooks run, with tiny arguments."""
 
-import os
 import pathlib
 import runpy
 

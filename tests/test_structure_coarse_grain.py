@@ -8,6 +8,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from atomicspi.structure import (
     ElasticNetwork,
+    apply_domain_motion,
     bond_length_penalty,
     bonds_from_topology,
     calpha_beads,
@@ -17,7 +18,6 @@ from atomicspi.structure import (
     contact_pairs,
     displace_atoms,
     domains_from_residue_ranges,
-    apply_domain_motion,
     load_structure,
     move_atoms_with_domains,
     normal_modes,
@@ -107,7 +107,9 @@ def test_penalty_gradients_and_clashes(x64, adk):
     i, j = candidates[len(candidates) // 2]
     y = x.copy()
     y[i] = x[j] + np.array([0.5, 0.2, -0.3])
-    penalty = lambda positions: clash_penalty(positions, candidates, 2.6) + bond_length_penalty(positions, bonds, lengths)
+    def penalty(positions):
+        return clash_penalty(positions, candidates, 2.6) + bond_length_penalty(positions, bonds, lengths)
+
     gradient = np.asarray(jax.grad(penalty)(jnp.asarray(y)))
     direction = np.random.default_rng(0).normal(size=y.shape)
     step = 1e-6

@@ -8,13 +8,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from atomicspi.io import InputError
-from atomicspi.structure import (
-    ElasticNetwork,
-    load_structure,
-    normal_modes,
-    rigid_body_basis,
-    superpose,
-)
+from atomicspi.structure import ElasticNetwork, load_structure, normal_modes, rigid_body_basis, superpose
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-
 ELECTRON_REST_ENERGY_IN_KILOELECTRONVOLTS = 510.99895
 """m₀ c² in keV (CODATA 2018)."""
 

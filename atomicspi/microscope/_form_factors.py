@@ -34,7 +34,6 @@ from jaxtyping import Float, Int
 
 from .._errors import InputError
 
-
 PROJECTED_POTENTIAL_CONSTANT_IN_VOLT_ANGSTROMS_SQUARED = 47.878
 """`h² / (2π m₀ e)` in V·Å²: converts a scattering factor in Å into potential × volume (V·Å³)."""
 

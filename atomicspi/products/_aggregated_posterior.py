@@ -59,7 +59,7 @@ def bootstrap_aggregated_posterior_probabilities(
     grid: CollectiveVariableGrid,
     n_bootstrap: int,
     seed: int = 0,
-) -> Float[np.ndarray, "n_bootstrap *grid_shape"]:
+) -> Float[np.ndarray, "n_bootstrap *grid_shape"]:  # noqa: F821 (a jaxtyping shape, not a name)
     """Cell probabilities of the mixture for bootstrap replicates of the particles and their draws.
 
     Each replicate resamples N particles with replacement (the sampling uncertainty of the
