@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import pathlib
 import platform
+import sys
 import time
 
 import jax
@@ -112,6 +113,42 @@ def _positions_from_draws(model_name, context, draws, decoder):
     raise AssertionError(model_name)
 
 
+_LINEAR_START_PARTICLES = 1024
+_IMPORTANCE_PROPOSALS = 64
+
+
+def _linear_start(dataset, context, decoder):
+    """Start the deformation decoder along the population's principal motions (EM for a
+    linear-Gaussian model of the images in mode space, `atomicspi.inference.principal_motions`), and
+    centre the spring-constant hyperprior where the elastic network's Boltzmann spread along the
+    main motion equals its estimated variance."""
+    import dataclasses as _dataclasses
+
+    from atomicspi.inference import principal_motions
+    from atomicspi.models import decoder_along_motions, render_images, spring_constant_for_spread
+
+    started = time.perf_counter()
+    batch = dataset.batch(np.arange(min(_LINEAR_START_PARTICLES, len(dataset))))
+    resolution = max(12.0, 4.0 * dataset.pixel_size_in_angstroms)
+    motions = principal_motions(
+        context, render_images, np.asarray(batch.images, dtype=np.float32), np.asarray(batch.rotations),
+        np.asarray(batch.shifts_in_angstroms), _ctf_parameters(batch.ctf), context.options.contrast_guess,
+        context.options.noise_std_guess, context.options.latent_dim, resolution_in_angstroms=resolution,
+    )
+    decoder = decoder_along_motions(decoder, motions.directions, motions.variances_in_angstroms_squared)
+    spring_constant = spring_constant_for_spread(context, motions.directions[0], motions.variances_in_angstroms_squared[0])
+    options = _dataclasses.replace(context.options, spring_constant_guess=spring_constant)
+    context = _dataclasses.replace(context, options=options)
+    record = {
+        "seconds": time.perf_counter() - started,
+        "particles": len(batch.indices),
+        "resolution_in_angstroms": resolution,
+        "variances_in_angstroms_squared": motions.variances_in_angstroms_squared.tolist(),
+        "spring_constant_guess": spring_constant,
+    }
+    return decoder, context, record
+
+
 def run_inference(config, resume: bool = False, progress: bool = True) -> pathlib.Path:
     """Run the inference described by a validated `DatasetConfig` and write its output folder.
 
@@ -127,6 +164,8 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         AmortizedGuide,
         draw_posterior,
         fit,
+        importance_resampled_draws,
+        latent_information,
         make_batch_mesh,
         make_epoch_minibatches,
         make_optimizer,
@@ -137,7 +176,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
     from atomicspi.structure import load_structure
 
-    timings = {}
+    timings, diagnostics = {}, {}
     started = time.perf_counter()
     dataset = load_particles(config.particles, poses=config.poses_file, datadir=config.datadir, ctf=config.ctf_file)
     if config.n_particles is not None:
@@ -176,7 +215,10 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     decoder = None
     if config.model == "deformation":
         decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1))
+        if not config.domains:  # no hinges given: start from the motions the images show
+            decoder, context, diagnostics["linear_start"] = _linear_start(dataset, context, decoder)
         model_arguments["decoder"] = decoder
+        model_arguments["context"] = context
     guide = AmortizedGuide(
         config.model, context, dataset.box_size, jax.random.fold_in(key, 2),
         per_particle_offsets=config.guide == "semi_amortized",
@@ -209,9 +251,30 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
         jax.random.fold_in(key, 3), model_arguments, local_sites,
     )
+    effective_sample_sizes = None
+    if config.model == "deformation":  # the mean-field q(z) understates the spread: reweigh by the model
+        resampled, effective_sample_sizes = importance_resampled_draws(
+            model, guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
+            jax.random.fold_in(key, 4), model_arguments, local_sites, n_proposals=_IMPORTANCE_PROPOSALS,
+        )
+        local.update(resampled)
     counts = [count for count, _ in ordered]
     keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
     local = {name: values[keep] for name, values in local.items()}
+    if effective_sample_sizes is not None:
+        effective_sample_sizes = effective_sample_sizes[keep]
+        diagnostics["importance_resampling"] = {
+            "proposals_per_particle": _IMPORTANCE_PROPOSALS,
+            "effective_sample_size_median": float(np.median(effective_sample_sizes)),
+            "effective_sample_size_10th_percentile": float(np.percentile(effective_sample_sizes, 10)),
+        }
+    if "z" in local:
+        diagnostics["latent_information"] = latent_information(local["z"])
+        if diagnostics["latent_information"]["active_dimensions"] == 0:
+            print(
+                "warning: posterior collapse: no latent dimension varies between particles (run.json: "
+                "latent_information); the images did not inform the conformations", file=sys.stderr,
+            )
 
     if config.model == "homogeneous":
         displacement = np.asarray(params["displacement_loc"])
@@ -257,15 +320,14 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         "final_elbo": float(np.nanmean(result.elbo_history[-max(1, len(result.elbo_history) // 20):])),
         "skipped_steps": int(result.state.skipped_steps),
         "global_posterior_means": {name: np.asarray(v).mean(axis=0) for name, v in global_.items()},
+        **diagnostics,
     }
     write_run_record(output / "run.json", record)
     if config.model != "homogeneous":
         from atomicspi.products import run_products
 
         started = time.perf_counter()
-        # Domain motions have no single natural coordinate: use the Cα RMSD to the reference.
-        cv = f"rmsd:{config.reference}" if config.model == "domains" else None
-        run_products(output, cv=cv, seed=config.seed)
+        run_products(output, seed=config.seed)  # default: position along the principal motion, Å
         record["timings"]["products_seconds"] = time.perf_counter() - started
         write_run_record(output / "run.json", record)
     return output

@@ -9,9 +9,11 @@ from ._context import ModelContext as ModelContext
 from ._context import ModelOptions as ModelOptions
 from ._context import build_model_context as build_model_context
 from ._deformation import Decoder as Decoder
+from ._deformation import decoder_along_motions as decoder_along_motions
 from ._deformation import deformation as deformation
 from ._deformation import deformation_positions as deformation_positions
 from ._deformation import latent_elastic_log_normaliser as latent_elastic_log_normaliser
+from ._deformation import spring_constant_for_spread as spring_constant_for_spread
 from ._domains import domain_positions as domain_positions
 from ._domains import domains as domains
 from ._homogeneous import homogeneous as homogeneous

@@ -4,7 +4,6 @@ elastic network of the prior, the microscope, and the model options."""
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -25,6 +24,8 @@ class ModelOptions(eqx.Module):
     - `latent_dim`: dimension of z for the `deformation` model.
     - `rigid_body_spring_constant`: κ (kT/Å²) of the weak restraint that makes free-form displacement
       priors proper along the six zero-energy rigid-body directions.
+    - `spring_yield_in_angstroms`: when given, the `deformation` prior's springs yield beyond this
+      stretch (`ElasticNetwork.yielding_energy`) instead of staying harmonic.
     """
 
     temperature_factor: float = eqx.field(static=True, default=1.0)
@@ -36,6 +37,7 @@ class ModelOptions(eqx.Module):
     shift_prior_in_angstroms: float = eqx.field(static=True, default=1.0)
     latent_dim: int = eqx.field(static=True, default=4)
     rigid_body_spring_constant: float = eqx.field(static=True, default=1e-2)
+    spring_yield_in_angstroms: float | None = eqx.field(static=True, default=None)
 
 
 class ModelContext(eqx.Module):
@@ -83,6 +85,13 @@ class ModelContext(eqx.Module):
         """Every atom follows its bead: no bond inside a residue is stretched."""
         return self.reference_positions_in_angstroms + bead_displacements_in_angstroms[self.atom_to_bead]
 
+    def prior_energy(self, bead_positions_in_angstroms: Float[Array, "n_beads 3"]) -> Float[Array, ""]:
+        """The prior's elastic energy for a unit spring constant: harmonic, or with yielding springs
+        when `options.spring_yield_in_angstroms` is set."""
+        if self.options.spring_yield_in_angstroms is None:
+            return self.network.energy(bead_positions_in_angstroms)
+        return self.network.yielding_energy(bead_positions_in_angstroms, 1.0, self.options.spring_yield_in_angstroms)
+
     def bead_displacements_from_amplitudes(self, amplitudes: Float[Array, " n_modes"]) -> Float[Array, "n_beads 3"]:
         return jnp.einsum("k,kbc->bc", amplitudes, self.mode_vectors)
 
@@ -105,6 +114,7 @@ def build_model_context(
     options: ModelOptions | None = None,
     coarse_grain: str = "calpha",
     domain_residue_ranges=None,
+    prior_cutoff_in_angstroms: float | None = None,
 ) -> ModelContext:
     """The common case: Cα beads, an ANM with a cutoff, its lowest modes, atoms following their residue's bead.
 
@@ -118,6 +128,8 @@ def build_model_context(
     - `domain_residue_ranges`: each domain's list of `(first, last)` residue numbers (inclusive), or
       a number of domains to find from the network's lowest modes; the domain with most beads is
       renumbered 0 (the `domains` model holds it fixed).
+    - `prior_cutoff_in_angstroms`: when given, the prior's network keeps only the springs shorter
+      than this at the reference (the modes still come from the whole network).
 
     **Returns:** a `ModelContext`.
     """
@@ -145,6 +157,14 @@ def build_model_context(
         )
     else:
         domains, n_domains = np.zeros(beads.n_beads, dtype=int), 1
+    if prior_cutoff_in_angstroms is not None:
+        short = network.rest_lengths_in_angstroms <= prior_cutoff_in_angstroms
+        network = structure_module.ElasticNetwork(
+            reference_positions_in_angstroms=network.reference_positions_in_angstroms,
+            pairs=network.pairs[short],
+            rest_lengths_in_angstroms=network.rest_lengths_in_angstroms[short],
+            spring_weights=network.spring_weights[short],
+        )
     return ModelContext(
         reference_positions_in_angstroms=jnp.asarray(structure.positions_in_angstroms),
         atom_to_bead=jnp.asarray(beads.atom_to_bead),

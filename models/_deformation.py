@@ -14,7 +14,14 @@ from numpyro.contrib.module import eqx_module
 from ._context import ModelContext
 from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
 
-__all__ = ["Decoder", "deformation", "deformation_positions", "latent_elastic_log_normaliser"]
+__all__ = [
+    "Decoder",
+    "decoder_along_motions",
+    "deformation",
+    "deformation_positions",
+    "latent_elastic_log_normaliser",
+    "spring_constant_for_spread",
+]
 
 
 class Decoder(eqx.Module):
@@ -48,6 +55,42 @@ class Decoder(eqx.Module):
 
     def __call__(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         return (self.linear(z) + self.mlp(z)).reshape(self.n_beads, 3)
+
+
+def decoder_along_motions(
+    decoder: Decoder, directions: Float[Array, "n_directions n_beads 3"], variances_in_angstroms_squared: Float[Array, " n_directions"]
+) -> Decoder:
+    """The decoder whose linear map starts along given motions: column j of the linear map is
+    direction j times its standard deviation, so z ~ N(0, I) spreads the decoded structures as the
+    population spreads (`atomicspi.inference.principal_motions` estimates both from the images).
+    Latent dimensions beyond the given directions keep their small random start.
+
+    **Arguments:**
+
+    - `decoder`: a freshly initialised `Decoder`.
+    - `directions`: `(n_directions, n_beads, 3)` orthonormal bead displacements.
+    - `variances_in_angstroms_squared`: `(n_directions,)` the population's variance along each.
+
+    **Returns:** the `Decoder` with its linear map replaced in the first n_directions columns.
+    """
+    count = min(decoder.linear.in_features, directions.shape[0])
+    columns = jnp.asarray(directions[:count]).reshape(count, -1).T * jnp.sqrt(jnp.asarray(variances_in_angstroms_squared[:count]))
+    weight = decoder.linear.weight.at[:, :count].set(columns.astype(decoder.linear.weight.dtype))
+    return eqx.tree_at(lambda m: m.linear.weight, decoder, weight)
+
+
+def spring_constant_for_spread(
+    context: ModelContext, direction: Float[Array, "n_beads 3"], variance_in_angstroms_squared: float
+) -> float:
+    """The spring constant γ whose Boltzmann spread along a unit bead displacement v is the given
+    variance: kT / (γ vᵀKv) = variance, K the prior network's Hessian at the reference for γ = 1.
+
+    A prior centred there neither pins the population's main motion (a stiffer γ would: a hinge
+    motion strains many springs) nor is left without a scale."""
+    gradient = jax.grad(context.network.energy)
+    v = jnp.asarray(direction, dtype=jnp.float32)
+    curvature = float(jnp.sum(v * jax.jvp(gradient, (context.bead_positions_in_angstroms,), (v,))[1]))
+    return float(context.options.temperature_factor / (max(curvature, 1e-12) * variance_in_angstroms_squared))
 
 
 def deformation_positions(context: ModelContext, decoder: Decoder, z):
@@ -102,7 +145,7 @@ def deformation(
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([options.latent_dim]).to_event(1))
         displacements = jax.vmap(net)(z)
-        energy = jax.vmap(context.network.energy)(context.bead_positions_in_angstroms + displacements)
+        energy = jax.vmap(context.prior_energy)(context.bead_positions_in_angstroms + displacements)
         numpyro.factor("elastic_energy", -spring_constant * energy / options.temperature_factor - log_normaliser)
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         positions = jax.vmap(context.atoms_from_bead_displacements)(displacements)

@@ -29,6 +29,7 @@ from ._markov_state_model import markov_state_model as markov_state_model
 from ._plot import plot_landscape as plot_landscape
 from ._representatives import representative_particles as representative_particles
 from ._run_collective_variables import RunCollectiveVariables as RunCollectiveVariables
+from ._run_collective_variables import default_collective_variable as default_collective_variable
 from ._run_collective_variables import load_run_collective_variables as load_run_collective_variables
 from ._run_products import run_products as _run_products_printing
 

@@ -14,7 +14,13 @@ Collective-variable specifications (indices 0-based):
 - `distance:I,J` — distance between atoms I and J of `topology.pdb`, in Å, on `ensemble_samples.dcd`;
 - `angle:I,J,K` — angle I–J–K in degrees, on `ensemble_samples.dcd`;
 - `rmsd:PATH` — Cα RMSD in Å (after optimal superposition) to the structure in PATH (read by
-  mdtraj; Cα atoms matched in order), on `ensemble_samples.dcd`.
+  mdtraj; Cα atoms matched in order), on `ensemble_samples.dcd`;
+- `motion:K` — position in Å along the population's principal motion K: the principal axes of the
+  per-particle posterior-mean Cα displacements (`ensemble_mean.dcd`, pose frame) from the reference
+  (`topology.pdb`); a draw's position is its Cα displacement projected on the axis over √(number of
+  Cα), i.e. the Cα RMSD of the displacement's component along the motion, oriented so that the
+  population's mean position is positive (the reference sits at 0). The default for every run that
+  wrote its ensembles.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ __all__ = [
 ]
 
 _POSTERIOR_KINDS = {"mode": "amplitudes", "latent": "z"}
-_STRUCTURAL_KINDS = ("distance", "angle", "rmsd")
+_STRUCTURAL_KINDS = ("distance", "angle", "rmsd", "motion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +66,12 @@ class RunCollectiveVariables:
 
 
 def default_collective_variable(output_dir: str | pathlib.Path) -> str:
-    """`mode:0` when the posterior has `amplitudes`, else `pc:0` of the latent `z`."""
-    posterior = _open_posterior(pathlib.Path(output_dir))
+    """`motion:0` (position along the principal motion, Å) when the run wrote its ensembles; else
+    `mode:0` when the posterior has `amplitudes`, else `pc:0` of the latent `z`."""
+    output_dir = pathlib.Path(output_dir)
+    if all((output_dir / name).is_file() for name in ("topology.pdb", "ensemble_mean.dcd", "ensemble_samples.dcd")):
+        return "motion:0"
+    posterior = _open_posterior(output_dir)
     if "amplitudes" in posterior:
         return "mode:0"
     if "z" in posterior:
@@ -119,12 +129,12 @@ def load_run_collective_variables(
 def _parse(specification: str):
     kind, separator, argument = specification.partition(":")
     if not separator or not argument:
-        raise InputError(f"--cv {specification!r}: expected KIND:ARGUMENT (mode:K, latent:K, pc:K, distance:I,J, angle:I,J,K, rmsd:PATH)")
+        raise InputError(f"--cv {specification!r}: expected KIND:ARGUMENT (mode:K, latent:K, pc:K, motion:K, distance:I,J, angle:I,J,K, rmsd:PATH)")
     if kind == "rmsd":
         return kind, argument
-    expected = {"mode": 1, "latent": 1, "pc": 1, "distance": 2, "angle": 3}.get(kind)
+    expected = {"mode": 1, "latent": 1, "pc": 1, "motion": 1, "distance": 2, "angle": 3}.get(kind)
     if expected is None:
-        raise InputError(f"--cv {specification!r}: unknown kind {kind!r} (mode, latent, pc, distance, angle, rmsd)")
+        raise InputError(f"--cv {specification!r}: unknown kind {kind!r} (mode, latent, pc, motion, distance, angle, rmsd)")
     try:
         indices = [int(part) for part in argument.split(",")]
     except ValueError:
@@ -240,6 +250,12 @@ def _structural(output_dir, specification, kind, argument):
     _, n_draws = samples_layout(output_dir)
     topology = mdtraj.load_topology(str(output_dir / "topology.pdb"))
     n_atoms = topology.n_atoms
+    if kind == "motion":
+        calpha = topology.select("name CA")
+        if len(calpha) == 0:
+            raise InputError(f"{output_dir / 'topology.pdb'}: no Cα atoms (needed for --cv {specification})")
+        values, name = _principal_motion_positions(output_dir, calpha, argument[0], specification)
+        return values.reshape(-1, n_draws), name, "Å"
     if kind in ("distance", "angle"):
         if max(argument) >= n_atoms:
             raise InputError(
@@ -273,6 +289,27 @@ def _structural(output_dir, specification, kind, argument):
         values = _superposed_rmsd(_load_samples(output_dir, ours), 10.0 * reference.xyz[0, theirs])
         name, unit = f"Cα RMSD to {reference_path.name}", "Å"
     return values.reshape(-1, n_draws), name, unit
+
+
+def _principal_motion_positions(output_dir: pathlib.Path, calpha, component: int, specification: str):
+    """Every sample's position (Å) along principal motion `component` of the posterior means."""
+    import mdtraj
+
+    reference = 10.0 * mdtraj.load(str(output_dir / "topology.pdb")).xyz[0, calpha].astype(np.float64)
+    with quiet_c_stdout():
+        means = 10.0 * mdtraj.load(str(output_dir / "ensemble_mean.dcd"), top=str(output_dir / "topology.pdb"),
+                                   atom_indices=calpha).xyz.astype(np.float64)
+    displacements = (means - reference).reshape(len(means), -1)
+    if component >= min(displacements.shape):
+        raise InputError(f"{output_dir / 'ensemble_mean.dcd'}: --cv {specification}: only {min(displacements.shape)} principal motions")
+    centred = displacements - displacements.mean(axis=0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    axis = axes[component]
+    scale = np.sqrt(len(calpha))
+    positions = ((_load_samples(output_dir, calpha) - reference).reshape(-1, displacements.shape[1]) @ axis) / scale
+    if np.mean(displacements @ axis) < 0:
+        positions = -positions
+    return positions, f"position along principal motion {component} (Cα)"
 
 
 def _superposed_rmsd(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -23,11 +23,7 @@ from ._grid import make_grid
 from ._markov_state_model import markov_state_model
 from ._plot import plot_landscape
 from ._representatives import representative_particles
-from ._run_collective_variables import (
-    default_collective_variable,
-    load_run_collective_variables,
-    samples_layout,
-)
+from ._run_collective_variables import default_collective_variable, load_run_collective_variables, samples_layout
 
 __all__ = ["run_products"]
 

@@ -98,6 +98,35 @@ class ElasticNetwork(eqx.Module):
         stretch = lengths - self.rest_lengths_in_angstroms
         return 0.5 * spring_constant * jnp.sum(self.spring_weights * stretch * stretch)
 
+    def yielding_energy(
+        self,
+        positions_in_angstroms: Float[Array, "n_beads 3"],
+        spring_constant: float | Array = 1.0,
+        yield_stretch_in_angstroms: float | Array = 1.0,
+    ) -> Float[Array, ""]:
+        """Elastic energy with springs that yield: E(x) = Σ γ w / 2 · s² log(1 + δ²/s²), δ = |xᵢ − xⱼ| − d⁰.
+
+        Harmonic (γ w δ² / 2) for stretches δ well below the yield stretch s, logarithmic beyond it,
+        so a contact that a large motion breaks costs a bounded few γ w s² instead of γ w δ² / 2
+        (the "cracking" elastic network of Miyashita, Onuchic and Wolynes, PNAS 2003, which they
+        introduced for adenylate kinase's lid closure). Its Hessian at the reference is the harmonic
+        one (`hessian`), so Laplace approximations about the reference are unchanged.
+
+        **Arguments:**
+
+        - `positions_in_angstroms`: `(n_beads, 3)` coordinates (traced; differentiable).
+        - `spring_constant`: γ (kT/Å² for an energy in kT); may be traced.
+        - `yield_stretch_in_angstroms`: s, the stretch beyond which a spring yields.
+
+        **Returns:** the scalar energy (kT when γ is in kT/Å²).
+        """
+        x = jnp.asarray(positions_in_angstroms)
+        differences = x[self.pairs[:, 0]] - x[self.pairs[:, 1]]
+        lengths = jnp.sqrt(jnp.sum(differences * differences, axis=-1))
+        stretch = lengths - self.rest_lengths_in_angstroms
+        scale_squared = jnp.square(yield_stretch_in_angstroms)
+        return 0.5 * spring_constant * jnp.sum(self.spring_weights * scale_squared * jnp.log1p(stretch * stretch / scale_squared))
+
     def _super_elements(self, spring_constant, array_module):
         """γ w d dᵀ / |d|² for every contact, `(n_contacts, 3, 3)`, with NumPy or jax.numpy."""
         x = array_module.asarray(self.reference_positions_in_angstroms)

@@ -1,0 +1,148 @@
+"""Finding the motion without given domains: the linear-Gaussian start (EM in mode space), yielding
+springs, the spring constant matched to the population's spread, importance-resampled posterior
+draws, and the landscape coordinate along the principal motion."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from atomicspi.inference import fit_linear_gaussian, importance_resampled_draws
+from atomicspi.structure import ElasticNetwork
+
+
+def test_linear_gaussian_em_recovers_population_mean_and_covariance():
+    """Data from the model itself: aᵢ ~ N(m, C), rᵢ = Jᵢ aᵢ + N(0, σ²) with a random design per
+    particle, some of which barely see some directions. EM's m and C agree with the true ones to
+    within the sampling error of 3,000 particles, and its objective never decreases (EM's defining
+    property)."""
+    rng = np.random.default_rng(0)
+    n, n_modes, n_pixels, noise = 3000, 4, 30, 0.5
+    true_mean = np.array([1.0, -0.5, 0.0, 0.3])
+    factor = rng.normal(size=(n_modes, n_modes))
+    true_covariance = factor @ factor.T / n_modes + 0.1 * np.eye(n_modes)
+    amplitudes = rng.multivariate_normal(true_mean, true_covariance, size=n)
+    # Each particle's design sees the modes unequally (a view that hides a motion has a small column).
+    designs = rng.normal(size=(n, n_pixels, n_modes)) * rng.uniform(0.05, 1.0, size=(n, 1, n_modes))
+    residuals = np.einsum("npk,nk->np", designs, amplitudes) + noise * rng.normal(size=(n, n_pixels))
+    gram = np.einsum("npk,npl->nkl", designs, designs)
+    projected = np.einsum("npk,np->nk", designs, residuals)
+    mean, covariance, history = fit_linear_gaussian(
+        gram, projected, np.sum(residuals**2, axis=1), noise**2, 10.0 * np.eye(n_modes), 300
+    )
+    assert np.all(np.diff(history) >= -1e-9)
+    # Reference: the sample moments of the true amplitudes (what a perfect estimator could reach).
+    sample_mean, sample_covariance = amplitudes.mean(axis=0), np.cov(amplitudes.T)
+    np.testing.assert_allclose(mean, sample_mean, atol=0.06)
+    np.testing.assert_allclose(covariance, sample_covariance, atol=0.08)
+
+
+def test_yielding_energy_is_harmonic_for_small_stretches_and_bounded_per_spring_for_large_ones(x64):
+    rng = np.random.default_rng(1)
+    positions = rng.normal(scale=6.0, size=(30, 3))
+    network = ElasticNetwork.from_positions(positions, 10.0)
+    yield_stretch = 1.5
+    # The Hessian at the reference equals the harmonic network's analytic one.
+    hessian = jax.hessian(lambda x: network.yielding_energy(x.reshape(-1, 3), 1.0, yield_stretch))(jnp.asarray(positions).ravel())
+    np.testing.assert_allclose(np.asarray(hessian), np.asarray(network.hessian(1.0)), atol=1e-9)
+    # Small displacements: the same energy as the harmonic one to second order.
+    small = positions + 1e-3 * rng.normal(size=positions.shape)
+    assert float(network.yielding_energy(small, 2.0, yield_stretch)) == pytest.approx(float(network.energy(small, 2.0)), rel=1e-4)
+    # Pull one bead far away: every spring it has is stretched by ≈ the pull; each costs
+    # γ s²/2 · log(1 + δ²/s²), not γ δ²/2.
+    pulled = positions.copy()
+    pulled[0] += np.array([40.0, 0.0, 0.0])
+    mine = np.any(network.pairs == 0, axis=1)
+    lengths = np.linalg.norm(pulled[network.pairs[:, 0]] - pulled[network.pairs[:, 1]], axis=1)
+    stretch = lengths - network.rest_lengths_in_angstroms
+    expected = 0.5 * np.sum(yield_stretch**2 * np.log1p(stretch**2 / yield_stretch**2))
+    assert float(network.yielding_energy(pulled, 1.0, yield_stretch)) == pytest.approx(expected, rel=1e-9)
+    assert float(network.yielding_energy(pulled, 1.0, yield_stretch)) < 0.05 * float(network.energy(pulled, 1.0))
+    assert mine.sum() > 0
+
+
+def test_spring_constant_for_spread_along_a_normal_mode():
+    """Along normal mode k (eigenvalue λₖ for γ = 1) the Boltzmann variance is kT/(γλₖ): the γ that
+    makes it a given variance v is kT/(λₖ v)."""
+    from atomicspi.models import ModelContext, ModelOptions, spring_constant_for_spread
+    from atomicspi.structure import normal_modes
+
+    rng = np.random.default_rng(2)
+    beads = rng.normal(scale=4.0, size=(25, 3))
+    network = ElasticNetwork.from_positions(beads, 15.0)
+    modes = normal_modes(network, 3)
+    assert float(modes.eigenvalues[0]) > 1e-3  # a connected, rigid network
+    options = ModelOptions(temperature_factor=1.7)
+    context = ModelContext(
+        reference_positions_in_angstroms=jnp.asarray(beads), atom_to_bead=jnp.arange(25),
+        bead_positions_in_angstroms=jnp.asarray(beads), mode_vectors=jnp.asarray(modes.vectors),
+        mode_eigenvalues=jnp.asarray(modes.eigenvalues), network=network, image_model=None, options=options,
+        bead_domains=jnp.zeros(25, dtype=int),
+    )
+    for k in range(3):
+        value = spring_constant_for_spread(context, np.asarray(modes.vectors[k]), 40.0)
+        assert value == pytest.approx(1.7 / (float(modes.eigenvalues[k]) * 40.0), rel=1e-3)
+
+
+def test_importance_resampling_corrects_a_too_narrow_guide():
+    """Conjugate model: zᵢ ~ N(0, 1), yᵢ ~ N(zᵢ, σ²) per particle, so the posterior is
+    N(yᵢ/(1 + σ²), σ²/(1 + σ²)). A guide with the right means but a third of the right spread is
+    resampled into draws with the exact posterior's mean and spread, and 90 % intervals that cover
+    the truth as often as they should (the guide's own cover far too rarely)."""
+    sigma, n = 0.8, 4000
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=n)
+    observed = truth + sigma * rng.normal(size=n)
+    posterior_mean = observed / (1 + sigma**2)
+    posterior_sd = np.sqrt(sigma**2 / (1 + sigma**2))
+
+    def model(*, y, loc, indices=None):
+        with numpyro.plate("particle", n, subsample_size=y.shape[0]):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            numpyro.sample("y", dist.Normal(z[:, 0], sigma), obs=y)
+
+    def guide(*, y, loc, indices=None):
+        with numpyro.plate("particle", n, subsample_size=y.shape[0]):
+            numpyro.sample("z", dist.Normal(loc[:, None], posterior_sd / 3.0).to_event(1))
+
+    batches = [
+        {"y": jnp.asarray(observed[i : i + 500]), "loc": jnp.asarray(posterior_mean[i : i + 500])} for i in range(0, n, 500)
+    ]
+    local, effective = importance_resampled_draws(
+        model, guide, {}, batches, 40, jax.random.key(0), {}, ["z"], n_proposals=256, proposal_scale=4.0
+    )
+    draws = local["z"][..., 0]
+    assert draws.shape == (n, 40)
+    # Moments pooled over particles (each particle's 40 draws are noisy on their own).
+    np.testing.assert_allclose(np.mean(draws - posterior_mean[:, None]), 0.0, atol=0.02)
+    assert np.mean(np.var(draws, axis=1, ddof=1)) == pytest.approx(posterior_sd**2, rel=0.1)
+    low, high = np.percentile(draws, 5, axis=1), np.percentile(draws, 95, axis=1)
+    # Reference: the same percentile intervals from 40 exact posterior draws (with 40 draws the
+    # 5–95 % percentile interval covers ≈ 86 %, not 90 %); binomial sd over 4,000 particles ≈ 0.006.
+    exact = posterior_mean[:, None] + posterior_sd * rng.normal(size=(n, 40))
+    exact_coverage = np.mean((truth >= np.percentile(exact, 5, axis=1)) & (truth <= np.percentile(exact, 95, axis=1)))
+    assert np.mean((truth >= low) & (truth <= high)) == pytest.approx(exact_coverage, abs=0.03)
+    narrow_low, narrow_high = posterior_mean - 1.645 * posterior_sd / 3, posterior_mean + 1.645 * posterior_sd / 3
+    assert np.mean((truth >= narrow_low) & (truth <= narrow_high)) < 0.5
+    assert np.median(effective) > 20
+
+
+def test_position_along_the_principal_motion(tmp_path):
+    """The fake run's draws move the atoms along one fixed bend: the motion coordinate is each draw's
+    amplitude times |bend|/√n_atoms (Å), oriented so that the population's mean is positive."""
+    from test_products_cli import N_ATOMS, make_fake_run
+
+    from atomicspi import products
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    amplitudes, positions, base = make_fake_run(folder)
+    assert products.default_collective_variable(folder) == "motion:0"
+    motion = products.load_run_collective_variables(folder, "motion:0")
+    assert motion.units == ("Å",)
+    bend_norm = np.linalg.norm(positions[0, 0] - positions[0, 1]) / abs(amplitudes[0, 0, 0] - amplitudes[0, 1, 0])
+    expected = amplitudes[..., 0] * bend_norm / np.sqrt(N_ATOMS)
+    expected = expected if expected.mean() > 0 else -expected
+    np.testing.assert_allclose(motion.draws, expected, atol=2e-3)
