@@ -252,12 +252,17 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         jax.random.fold_in(key, 3), model_arguments, local_sites,
     )
     effective_sample_sizes = None
-    if config.model == "deformation":  # the mean-field q(z) understates the spread: reweigh by the model
+    if config.model == "deformation":
+        # The mean-field q(z) ignores correlations between latent dimensions: where importance
+        # weights against the model's own posterior are reliable (an effective sample size of at
+        # least half the draws), those draws replace the guide's.
         resampled, effective_sample_sizes = importance_resampled_draws(
             model, guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
             jax.random.fold_in(key, 4), model_arguments, local_sites, n_proposals=_IMPORTANCE_PROPOSALS,
         )
-        local.update(resampled)
+        reliable = effective_sample_sizes >= 0.5 * config.samples_per_particle
+        for name, values in resampled.items():
+            local[name] = np.where(reliable.reshape(-1, *([1] * (values.ndim - 1))), values, local[name])
     counts = [count for count, _ in ordered]
     keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
     local = {name: values[keep] for name, values in local.items()}
@@ -267,6 +272,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
             "proposals_per_particle": _IMPORTANCE_PROPOSALS,
             "effective_sample_size_median": float(np.median(effective_sample_sizes)),
             "effective_sample_size_10th_percentile": float(np.percentile(effective_sample_sizes, 10)),
+            "share_of_particles_resampled": float(np.mean(effective_sample_sizes >= 0.5 * config.samples_per_particle)),
         }
     if "z" in local:
         diagnostics["latent_information"] = latent_information(local["z"])

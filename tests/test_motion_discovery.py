@@ -90,7 +90,8 @@ def test_importance_resampling_corrects_a_too_narrow_guide():
     """Conjugate model: zᵢ ~ N(0, 1), yᵢ ~ N(zᵢ, σ²) per particle, so the posterior is
     N(yᵢ/(1 + σ²), σ²/(1 + σ²)). A guide with the right means but a third of the right spread is
     resampled into draws with the exact posterior's mean and spread, and 90 % intervals that cover
-    the truth as often as they should (the guide's own cover far too rarely)."""
+    the truth as often as they should (the guide's own cover far too rarely). The guide's means are
+    also off by half a posterior sd: the Laplace proposal's Newton step finds the mode."""
     sigma, n = 0.8, 4000
     rng = np.random.default_rng(3)
     truth = rng.normal(size=n)
@@ -105,13 +106,13 @@ def test_importance_resampling_corrects_a_too_narrow_guide():
 
     def guide(*, y, loc, indices=None):
         with numpyro.plate("particle", n, subsample_size=y.shape[0]):
-            numpyro.sample("z", dist.Normal(loc[:, None], posterior_sd / 3.0).to_event(1))
+            numpyro.sample("z", dist.Normal(loc[:, None] + 0.5 * posterior_sd, posterior_sd / 3.0).to_event(1))
 
     batches = [
         {"y": jnp.asarray(observed[i : i + 500]), "loc": jnp.asarray(posterior_mean[i : i + 500])} for i in range(0, n, 500)
     ]
     local, effective = importance_resampled_draws(
-        model, guide, {}, batches, 40, jax.random.key(0), {}, ["z"], n_proposals=256, proposal_scale=4.0
+        model, guide, {}, batches, 40, jax.random.key(0), {}, ["z"]
     )
     draws = local["z"][..., 0]
     assert draws.shape == (n, 40)
@@ -126,7 +127,11 @@ def test_importance_resampling_corrects_a_too_narrow_guide():
     assert np.mean((truth >= low) & (truth <= high)) == pytest.approx(exact_coverage, abs=0.03)
     narrow_low, narrow_high = posterior_mean - 1.645 * posterior_sd / 3, posterior_mean + 1.645 * posterior_sd / 3
     assert np.mean((truth >= narrow_low) & (truth <= narrow_high)) < 0.5
-    assert np.median(effective) > 20
+    # A Gaussian posterior and its exact Laplace proposal widened 1.5×: ESS/K → √(2·1.5² − 1)/1.5² ≈ 0.83
+    # for many proposals (Kish's ratio reads higher with 64); the widened guide of the first version of
+    # this code (a diagonal proposal around the guide's mean) gave a median ESS of 3 of 64 on the
+    # test_path_recovery data.
+    assert 0.75 * 64 < np.median(effective) <= 64
 
 
 def test_position_along_the_principal_motion(tmp_path):

@@ -1,0 +1,73 @@
+"""A small version of the issue-19 benchmark (`bench/adk_paths.py`): adenylate kinase along a
+rigid-hinge closed → open path (screw-motion domain arcs with local elastic relaxation, a physics the
+fit does not share), a two-state population with a 25 % minor open state, per-particle contrast
+variation, fitted with `model: deformation` and no domains in the yaml. The fit must order the
+particles along the path, find the minor state's population, move the open particles towards the
+truth, and carry information in its latent. (The coverage of its 90 % intervals is printed, not
+asserted: it is far below 90 % — see bench/RESULTS.md, issue 19 — because the open particles' path
+positions are biased towards closed, not because q(z) is too narrow.)"""
+
+import dataclasses
+import json
+
+import mdtraj
+import numpy as np
+import scipy.stats
+
+from atomicspi._example import ADENYLATE_KINASE_DOMAINS
+from atomicspi._pipeline import run_inference
+from atomicspi._simulation import simulate_particles, write_simulated_dataset
+from atomicspi._transition_paths import hinge_path, path_positions_of, two_state_path_positions
+from atomicspi.io import load_config
+from atomicspi.structure import load_structure
+
+N_PARTICLES, BOX_SIZE, PIXEL_SIZE, SNR, MINOR_FRACTION = 256, 24, 4.0, 1.0, 0.25
+
+
+def _calpha_rmsd(a, b):
+    return np.sqrt(((a - b) ** 2).sum(-1).mean(-1))
+
+
+def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, example_structure_path):
+    closed = load_structure(example_structure_path).calpha()
+    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
+    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
+    rng = np.random.default_rng(11)
+    truth_s, states = two_state_path_positions(N_PARTICLES, MINOR_FRACTION, rng)
+    truth = hinge_path(closed, opened, ADENYLATE_KINASE_DOMAINS, truth_s)
+    nodes = hinge_path(closed, opened, ADENYLATE_KINASE_DOMAINS, np.linspace(0.0, 1.0, 101))
+    # Noise-free images at unit contrast, then ±20 % contrast per particle and unit white noise at the SNR.
+    clean = simulate_particles(closed, truth, BOX_SIZE, PIXEL_SIZE, 1e12, seed=11).images.astype(float)
+    clean /= np.sqrt(np.mean(np.var(clean, axis=(1, 2))) / SNR)
+    contrast = np.exp(0.2 * rng.standard_normal(N_PARTICLES))
+    particles = simulate_particles(closed, truth, BOX_SIZE, PIXEL_SIZE, SNR, seed=11)
+    particles = dataclasses.replace(
+        particles, images=(contrast[:, None, None] * clean + rng.standard_normal(clean.shape)).astype(np.float32)
+    )
+    path = write_simulated_dataset(
+        tmp_path, closed, particles, model="deformation",
+        # No domains; default model settings but for a CI-sized schedule and 20 draws for 90 % intervals.
+        config_overrides={"num_steps": 300, "batch_size": 32, "samples_per_particle": 20, "seed": 11},
+    )
+    output = run_inference(load_config(path), progress=False)
+    top = str(output / "topology.pdb")
+    means = mdtraj.load(str(output / "ensemble_mean.dcd"), top=top).xyz * 10.0
+    samples = (mdtraj.load(str(output / "ensemble_samples.dcd"), top=top).xyz * 10.0).reshape(N_PARTICLES, 20, -1, 3)
+    estimated_s = path_positions_of(means, nodes)
+    draws_s = path_positions_of(samples.reshape(-1, *samples.shape[2:]), nodes).reshape(N_PARTICLES, 20)
+    spearman = scipy.stats.spearmanr(estimated_s, truth_s).statistic
+    midpoint = 0.5 * (0.15 + 0.8)  # between the two states' means (two_state_path_positions)
+    minor_inferred, minor_true = np.mean(estimated_s > midpoint), np.mean(truth_s > midpoint)
+    open_fit = np.median(_calpha_rmsd(means, truth)[states == 1])
+    open_reference = np.median(_calpha_rmsd(closed.positions_in_angstroms[None], truth)[states == 1])
+    low, high = np.quantile(draws_s, 0.05, axis=1), np.quantile(draws_s, 0.95, axis=1)
+    coverage = np.mean((truth_s >= low) & (truth_s <= high))
+    record = json.loads((output / "run.json").read_text())
+    print(
+        f"spearman {spearman:.3f}, minor {minor_inferred:.3f} (true {minor_true:.3f}), open-state RMSD {open_fit:.2f} Å "
+        f"(reference {open_reference:.2f} Å), 90 % coverage {coverage:.3f}, latent {record['latent_information']}"
+    )
+    assert spearman > 0.9
+    assert abs(minor_inferred - minor_true) < 0.1
+    assert open_fit < 0.5 * open_reference
+    assert record["latent_information"]["active_dimensions"] >= 1
