@@ -52,11 +52,17 @@ def _with_ctf_parameters(function):
     return adapted
 
 
+_SETTINGS_ADDED_LATER = ("spring_yield_in_angstroms",)
+
+
 def _hashable_configuration(config) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     settings = dataclasses.asdict(config)
     for name in ("output", "num_steps", "checkpoint_every", "samples_per_particle"):
         settings.pop(name, None)
+    for name in _SETTINGS_ADDED_LATER:  # at their defaults they leave older checkpoints valid
+        if settings.get(name) is None:
+            settings.pop(name, None)
     return {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in settings.items()}
 
 
@@ -204,6 +210,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         noise_std_guess=_estimate_noise_std(dataset),
         refine_poses=config.poses == "infer",
         latent_dim=config.latent_dim,
+        spring_yield_in_angstroms=config.spring_yield_in_angstroms,
     )
     context = build_model_context(
         structure, image_model, config.n_modes, config.cutoff_in_angstroms, options, coarse_grain=config.coarse_grain,

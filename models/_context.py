@@ -114,7 +114,6 @@ def build_model_context(
     options: ModelOptions | None = None,
     coarse_grain: str = "calpha",
     domain_residue_ranges=None,
-    prior_cutoff_in_angstroms: float | None = None,
 ) -> ModelContext:
     """The common case: Cα beads, an ANM with a cutoff, its lowest modes, atoms following their residue's bead.
 
@@ -128,8 +127,6 @@ def build_model_context(
     - `domain_residue_ranges`: each domain's list of `(first, last)` residue numbers (inclusive), or
       a number of domains to find from the network's lowest modes; the domain with most beads is
       renumbered 0 (the `domains` model holds it fixed).
-    - `prior_cutoff_in_angstroms`: when given, the prior's network keeps only the springs shorter
-      than this at the reference (the modes still come from the whole network).
 
     **Returns:** a `ModelContext`.
     """
@@ -157,14 +154,6 @@ def build_model_context(
         )
     else:
         domains, n_domains = np.zeros(beads.n_beads, dtype=int), 1
-    if prior_cutoff_in_angstroms is not None:
-        short = network.rest_lengths_in_angstroms <= prior_cutoff_in_angstroms
-        network = structure_module.ElasticNetwork(
-            reference_positions_in_angstroms=network.reference_positions_in_angstroms,
-            pairs=network.pairs[short],
-            rest_lengths_in_angstroms=network.rest_lengths_in_angstroms[short],
-            spring_weights=network.spring_weights[short],
-        )
     return ModelContext(
         reference_positions_in_angstroms=jnp.asarray(structure.positions_in_angstroms),
         atom_to_bead=jnp.asarray(beads.atom_to_bead),

@@ -133,7 +133,8 @@ def deformation(
     parameters (point estimates); in the `particle` plate the latent `z` of size `latent_dim` with the
     prior p(z) ∝ N(z; 0, I) · exp(−γE(x(z))/kT): the Gaussian `z` site times the factor
     `elastic_energy` = −γE(x(z))/kT − log Z(γ, decoder), E the elastic network's energy of the decoded
-    bead positions (with `domains`, only the springs inside domains) and Z the normaliser of
+    bead positions (with `domains`, only the springs inside domains; with
+    `options.spring_yield_in_angstroms`, springs that yield: `ModelContext.prior_energy`) and Z the normaliser of
     `latent_elastic_log_normaliser` (so that γ can be learned); optional pose corrections, `contrast`,
     observed `images`.
     """

@@ -151,3 +151,40 @@ def test_position_along_the_principal_motion(tmp_path):
     expected = amplitudes[..., 0] * bend_norm / np.sqrt(N_ATOMS)
     expected = expected if expected.mean() > 0 else -expected
     np.testing.assert_allclose(motion.draws, expected, atol=2e-3)
+
+
+def test_spring_yield_setting_reaches_the_prior_and_is_validated(tmp_path, example_structure_path):
+    """`spring_yield_in_angstroms` in dataset.yaml is checked (positive, finite) and, through
+    ModelOptions, makes the deformation prior's energy the yielding one."""
+    import yaml
+
+    from atomicspi.io import InputError, load_config
+    from atomicspi.models import ModelContext, ModelOptions
+
+    (tmp_path / "p.star").write_text("")
+    (tmp_path / "r.pdb").write_text("")
+    base = {"particles": "p.star", "reference": "r.pdb", "model": "deformation", "poses": "given", "output": "out"}
+    for bad in (float("inf"), -1.0, 0, "soft"):
+        (tmp_path / "d.yaml").write_text(yaml.safe_dump({**base, "spring_yield_in_angstroms": bad}))
+        with pytest.raises(InputError, match="spring_yield_in_angstroms"):
+            load_config(tmp_path / "d.yaml")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({**base, "spring_yield_in_angstroms": 1.5}))
+    assert load_config(tmp_path / "d.yaml").spring_yield_in_angstroms == 1.5
+
+    rng = np.random.default_rng(4)
+    beads = rng.normal(scale=4.0, size=(20, 3))
+    network = ElasticNetwork.from_positions(beads, 15.0)
+    moved = beads + rng.normal(scale=2.0, size=beads.shape)
+
+    def context(options):
+        return ModelContext(
+            reference_positions_in_angstroms=jnp.asarray(beads), atom_to_bead=jnp.arange(20),
+            bead_positions_in_angstroms=jnp.asarray(beads), mode_vectors=jnp.zeros((1, 20, 3)),
+            mode_eigenvalues=jnp.ones(1), network=network, image_model=None, options=options,
+            bead_domains=jnp.zeros(20, dtype=int),
+        )
+
+    assert float(context(ModelOptions()).prior_energy(moved)) == pytest.approx(float(network.energy(moved)), rel=1e-6)
+    yielding = float(context(ModelOptions(spring_yield_in_angstroms=1.5)).prior_energy(moved))
+    assert yielding == pytest.approx(float(network.yielding_energy(moved, 1.0, 1.5)), rel=1e-6)
+    assert yielding < float(network.energy(moved))

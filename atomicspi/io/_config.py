@@ -1,6 +1,7 @@
 """`dataset.yaml`: the documented schema of a run, validated before any work starts."""
 
 import dataclasses
+import math
 import os
 import pathlib
 
@@ -44,6 +45,9 @@ class DatasetConfig:
       `"semi_amortized"` (the encoder plus a free correction per particle: better fits of a fixed
       dataset).
     - `cutoff_in_angstroms` (15.0): elastic network cutoff.
+    - `spring_yield_in_angstroms` (None = harmonic springs): with `model: deformation`, the prior's
+      springs yield beyond this stretch (`ElasticNetwork.yielding_energy`: harmonic below it,
+      logarithmic above), so that contacts a large motion breaks cost a bounded amount.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
@@ -81,12 +85,13 @@ class DatasetConfig:
     device_count: int | None = None
     domains: tuple | int | None = None
     output_atoms: str = "heavy"
+    spring_yield_in_angstroms: float | None = None
 
 
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
 _POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count")
-_POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms")
+_POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms", "spring_yield_in_angstroms")
 
 
 def _domains(value, path: pathlib.Path):
@@ -171,8 +176,8 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
     for key in _POSITIVE_FLOATS:
         value = values.get(key)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise InputError(f"{path}: field {key}: must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+                raise InputError(f"{path}: field {key}: must be a positive finite number, got {value!r}")
             values[key] = float(value)
     values["domains"] = _domains(values.get("domains"), path)
     if values["model"] == "domains" and values["domains"] is None:
