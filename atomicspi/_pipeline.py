@@ -52,7 +52,7 @@ def _with_ctf_parameters(function):
     return adapted
 
 
-_SETTINGS_ADDED_LATER = ("spring_yield_in_angstroms",)
+_SETTINGS_ADDED_LATER = ("spring_yield_in_angstroms", "importance_proposals")
 
 
 def _hashable_configuration(config) -> dict:
@@ -120,7 +120,6 @@ def _positions_from_draws(model_name, context, draws, decoder):
 
 
 _LINEAR_START_PARTICLES = 1024
-_IMPORTANCE_PROPOSALS = 64
 
 
 def _linear_start(dataset, context, decoder):
@@ -259,13 +258,13 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         jax.random.fold_in(key, 3), model_arguments, local_sites,
     )
     effective_sample_sizes = None
-    if config.model == "deformation":
+    if config.model == "deformation" and config.importance_proposals:
         # The mean-field q(z) ignores correlations between latent dimensions: where importance
         # weights against the model's own posterior are reliable (an effective sample size of at
         # least half the draws), those draws replace the guide's.
         resampled, effective_sample_sizes = importance_resampled_draws(
             model, guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
-            jax.random.fold_in(key, 4), model_arguments, local_sites, n_proposals=_IMPORTANCE_PROPOSALS,
+            jax.random.fold_in(key, 4), model_arguments, local_sites, n_proposals=config.importance_proposals,
         )
         reliable = effective_sample_sizes >= 0.5 * config.samples_per_particle
         for name, values in resampled.items():
@@ -276,7 +275,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     if effective_sample_sizes is not None:
         effective_sample_sizes = effective_sample_sizes[keep]
         diagnostics["importance_resampling"] = {
-            "proposals_per_particle": _IMPORTANCE_PROPOSALS,
+            "proposals_per_particle": config.importance_proposals,
             "effective_sample_size_median": float(np.median(effective_sample_sizes)),
             "effective_sample_size_10th_percentile": float(np.percentile(effective_sample_sizes, 10)),
             "share_of_particles_resampled": float(np.mean(effective_sample_sizes >= 0.5 * config.samples_per_particle)),

@@ -47,7 +47,9 @@ def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, 
     path = write_simulated_dataset(
         tmp_path, closed, particles, model="deformation",
         # No domains; default model settings but for a CI-sized schedule and 20 draws for 90 % intervals.
-        config_overrides={"num_steps": 300, "batch_size": 32, "samples_per_particle": 20, "seed": 11},
+        # importance_proposals: exercise the optional resampled draws (off by default).
+        config_overrides={"num_steps": 300, "batch_size": 32, "samples_per_particle": 20, "seed": 11,
+                          "importance_proposals": 16},
     )
     output = run_inference(load_config(path), progress=False)
     top = str(output / "topology.pdb")
@@ -71,3 +73,4 @@ def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, 
     assert abs(minor_inferred - minor_true) < 0.1
     assert open_fit < 0.5 * open_reference
     assert record["latent_information"]["active_dimensions"] >= 1
+    assert 0.0 <= record["importance_resampling"]["share_of_particles_resampled"] <= 1.0

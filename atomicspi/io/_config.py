@@ -48,6 +48,10 @@ class DatasetConfig:
     - `spring_yield_in_angstroms` (None = harmonic springs): with `model: deformation`, the prior's
       springs yield beyond this stretch (`ElasticNetwork.yielding_energy`: harmonic below it,
       logarithmic above), so that contacts a large motion breaks cost a bounded amount.
+    - `importance_proposals` (None = off): with `model: deformation`, importance-resample each
+      particle's posterior draws from this many Laplace proposals
+      (`atomicspi.inference.importance_resampled_draws`), where the effective sample size reaches half
+      the draws. Costs about this many forward renders per particle after training.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
@@ -86,11 +90,12 @@ class DatasetConfig:
     domains: tuple | int | None = None
     output_atoms: str = "heavy"
     spring_yield_in_angstroms: float | None = None
+    importance_proposals: int | None = None
 
 
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
-_POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count")
+_POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count", "importance_proposals")
 _POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms", "spring_yield_in_angstroms")
 
 
