@@ -16,6 +16,7 @@ __all__ = [
     "SimulatedParticles",
     "interpolated_conformations",
     "prior_conformations",
+    "random_acquisition",
     "simulate_particles",
     "write_simulated_dataset",
 ]
@@ -75,6 +76,39 @@ def prior_conformations(structure, n_particles: int, n_modes: int, spring_consta
     return positions, truth
 
 
+def random_acquisition(
+    n: int,
+    seed: int,
+    defocus_range_in_angstroms: tuple[float, float] = (8000.0, 25000.0),
+    max_shift_in_angstroms: float = 2.0,
+    voltage_in_kilovolts: float = 300.0,
+    spherical_aberration_in_millimeters: float = 2.7,
+    amplitude_contrast_ratio: float = 0.1,
+):
+    """The random acquisition of n particles: uniform RELION rotations, shifts uniform in ±max (Å),
+    defocus uniform in the range with up to 3 % astigmatism at a uniform angle, fixed optics.
+
+    **Returns:** `(rng, rotations (n, 3, 3), shifts_in_angstroms (n, 2), ctf dict of (n,) arrays)`;
+    `rng` continues the same stream (simulators draw their noise from it next).
+    """
+    from atomicspi.microscope import sample_uniform_rotations
+
+    rng = np.random.default_rng(seed)
+    rotations = np.asarray(sample_uniform_rotations(jax.random.key(seed), n), dtype=np.float32)
+    shifts = rng.uniform(-max_shift_in_angstroms, max_shift_in_angstroms, size=(n, 2)).astype(np.float32)
+    defocus_u = rng.uniform(*defocus_range_in_angstroms, size=n)
+    ctf = {
+        "defocus_u_in_angstroms": defocus_u,
+        "defocus_v_in_angstroms": defocus_u * rng.uniform(0.97, 1.0, size=n),
+        "astigmatism_angle_in_degrees": rng.uniform(0.0, 180.0, size=n),
+        "voltage_in_kilovolts": np.full(n, voltage_in_kilovolts),
+        "spherical_aberration_in_millimeters": np.full(n, spherical_aberration_in_millimeters),
+        "amplitude_contrast_ratio": np.full(n, amplitude_contrast_ratio),
+        "phase_shift_in_degrees": np.zeros(n),
+    }
+    return rng, rotations, shifts, ctf
+
+
 def simulate_particles(
     structure,
     positions_in_angstroms,
@@ -101,24 +135,15 @@ def simulate_particles(
 
     **Returns:** `SimulatedParticles`.
     """
-    from atomicspi.microscope import CTFParameters, make_image_model, sample_uniform_rotations
+    from atomicspi.microscope import CTFParameters, make_image_model
     from atomicspi.models import render_images
 
     positions = np.asarray(positions_in_angstroms, dtype=np.float32)
     n = positions.shape[0]
-    rng = np.random.default_rng(seed)
-    rotations = np.asarray(sample_uniform_rotations(jax.random.key(seed), n), dtype=np.float32)
-    shifts = rng.uniform(-max_shift_in_angstroms, max_shift_in_angstroms, size=(n, 2)).astype(np.float32)
-    defocus_u = rng.uniform(*defocus_range_in_angstroms, size=n)
-    ctf = {
-        "defocus_u_in_angstroms": defocus_u,
-        "defocus_v_in_angstroms": defocus_u * rng.uniform(0.97, 1.0, size=n),
-        "astigmatism_angle_in_degrees": rng.uniform(0.0, 180.0, size=n),
-        "voltage_in_kilovolts": np.full(n, voltage_in_kilovolts),
-        "spherical_aberration_in_millimeters": np.full(n, spherical_aberration_in_millimeters),
-        "amplitude_contrast_ratio": np.full(n, amplitude_contrast_ratio),
-        "phase_shift_in_degrees": np.zeros(n),
-    }
+    rng, rotations, shifts, ctf = random_acquisition(
+        n, seed, defocus_range_in_angstroms, max_shift_in_angstroms, voltage_in_kilovolts,
+        spherical_aberration_in_millimeters, amplitude_contrast_ratio,
+    )
     image_model = make_image_model(
         structure.atomic_numbers, structure.b_factors_in_angstroms_squared, box_size, pixel_size_in_angstroms
     )

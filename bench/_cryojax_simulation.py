@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from atomicspi._simulation import SimulatedParticles
+from atomicspi._simulation import SimulatedParticles, random_acquisition
 
 __all__ = ["CryojaxSimulatedParticles", "render_particles_cryojax", "simulate_particles_cryojax"]
 
@@ -143,24 +143,13 @@ def simulate_particles_cryojax(
 
     **Returns:** `CryojaxSimulatedParticles` (a `SimulatedParticles` with `contrast_factors`).
     """
-    from atomicspi.microscope import sample_uniform_rotations
-
     positions = np.asarray(positions_in_angstroms, dtype=np.float32)
     n = positions.shape[0]
     # The same draws, in the same order, as simulate_particles.
-    rng = np.random.default_rng(seed)
-    rotations = np.asarray(sample_uniform_rotations(jax.random.key(seed), n), dtype=np.float32)
-    shifts = rng.uniform(-max_shift_in_angstroms, max_shift_in_angstroms, size=(n, 2)).astype(np.float32)
-    defocus_u = rng.uniform(*defocus_range_in_angstroms, size=n)
-    ctf = {
-        "defocus_u_in_angstroms": defocus_u,
-        "defocus_v_in_angstroms": defocus_u * rng.uniform(0.97, 1.0, size=n),
-        "astigmatism_angle_in_degrees": rng.uniform(0.0, 180.0, size=n),
-        "voltage_in_kilovolts": np.full(n, voltage_in_kilovolts),
-        "spherical_aberration_in_millimeters": np.full(n, spherical_aberration_in_millimeters),
-        "amplitude_contrast_ratio": np.full(n, amplitude_contrast_ratio),
-        "phase_shift_in_degrees": np.zeros(n),
-    }
+    rng, rotations, shifts, ctf = random_acquisition(
+        n, seed, defocus_range_in_angstroms, max_shift_in_angstroms, voltage_in_kilovolts,
+        spherical_aberration_in_millimeters, amplitude_contrast_ratio,
+    )
     clean = render_particles_cryojax(
         structure, positions, rotations, shifts, ctf, box_size, pixel_size_in_angstroms, batch_size=batch_size
     )
