@@ -127,23 +127,21 @@ def _linear_start(dataset, context, decoder):
     linear-Gaussian model of the images in mode space, `atomicspi.inference.principal_motions`), and
     centre the spring-constant hyperprior where the elastic network's Boltzmann spread along the
     main motion equals its estimated variance."""
-    import dataclasses as _dataclasses
-
     from atomicspi.inference import principal_motions
-    from atomicspi.models import decoder_along_motions, render_images, spring_constant_for_spread
+    from atomicspi.models import decoder_along_motions, spring_constant_for_spread
 
     started = time.perf_counter()
     batch = dataset.batch(np.arange(min(_LINEAR_START_PARTICLES, len(dataset))))
     resolution = max(12.0, 4.0 * dataset.pixel_size_in_angstroms)
     motions = principal_motions(
-        context, render_images, np.asarray(batch.images, dtype=np.float32), np.asarray(batch.rotations),
+        context, np.asarray(batch.images, dtype=np.float32), np.asarray(batch.rotations),
         np.asarray(batch.shifts_in_angstroms), _ctf_parameters(batch.ctf), context.options.contrast_guess,
         context.options.noise_std_guess, context.options.latent_dim, resolution_in_angstroms=resolution,
     )
     decoder = decoder_along_motions(decoder, motions.directions, motions.variances_in_angstroms_squared)
     spring_constant = spring_constant_for_spread(context, motions.directions[0], motions.variances_in_angstroms_squared[0])
-    options = _dataclasses.replace(context.options, spring_constant_guess=spring_constant)
-    context = _dataclasses.replace(context, options=options)
+    options = dataclasses.replace(context.options, spring_constant_guess=spring_constant)
+    context = dataclasses.replace(context, options=options)
     record = {
         "seconds": time.perf_counter() - started,
         "particles": len(batch.indices),
@@ -257,7 +255,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
         jax.random.fold_in(key, 3), model_arguments, local_sites,
     )
-    effective_sample_sizes = None
+    resampled_particles = None
     if config.model == "deformation" and config.importance_proposals:
         # The mean-field q(z) ignores correlations between latent dimensions: where importance
         # weights against the model's own posterior are reliable (an effective sample size of at
@@ -266,19 +264,19 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
             model, guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
             jax.random.fold_in(key, 4), model_arguments, local_sites, n_proposals=config.importance_proposals,
         )
-        reliable = effective_sample_sizes >= 0.5 * config.samples_per_particle
+        resampled_particles = effective_sample_sizes >= 0.5 * config.samples_per_particle
         for name, values in resampled.items():
-            local[name] = np.where(reliable.reshape(-1, *([1] * (values.ndim - 1))), values, local[name])
+            local[name] = np.where(resampled_particles.reshape(-1, *([1] * (values.ndim - 1))), values, local[name])
     counts = [count for count, _ in ordered]
     keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
     local = {name: values[keep] for name, values in local.items()}
-    if effective_sample_sizes is not None:
-        effective_sample_sizes = effective_sample_sizes[keep]
+    if resampled_particles is not None:
+        effective_sample_sizes, resampled_particles = effective_sample_sizes[keep], resampled_particles[keep]
         diagnostics["importance_resampling"] = {
             "proposals_per_particle": config.importance_proposals,
             "effective_sample_size_median": float(np.median(effective_sample_sizes)),
             "effective_sample_size_10th_percentile": float(np.percentile(effective_sample_sizes, 10)),
-            "share_of_particles_resampled": float(np.mean(effective_sample_sizes >= 0.5 * config.samples_per_particle)),
+            "share_of_particles_resampled": float(np.mean(resampled_particles)),
         }
     if "z" in local:
         diagnostics["latent_information"] = latent_information(local["z"])

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from atomicspi.microscope import rfft_frequencies
+
 __all__ = ["PrincipalMotions", "principal_motions", "mode_space_statistics", "fit_linear_gaussian"]
 
 
@@ -62,13 +64,14 @@ def _low_frequencies(images, frequency_mask):
 
 
 def mode_space_statistics(
-    image_model, render_images, reference_positions, atom_to_bead, mode_vectors, images, rotations, shifts, ctf, contrast,
-    frequency_mask,
+    image_model, reference_positions, atom_to_bead, mode_vectors, images, rotations, shifts, ctf, contrast, frequency_mask
 ):
     """Per-particle sufficient statistics of the linearised image model: JᵢᵀJᵢ `(n, M, M)`, Jᵢᵀrᵢ
     `(n, M)` and rᵢᵀrᵢ `(n,)`, with rᵢ = yᵢ − c fᵢ(x⁰) and Jᵢ = c ∂fᵢ/∂a at a = 0, both restricted
     to the Fourier coefficients in `frequency_mask` (the linearisation holds at low resolution only:
     a displacement shows linearly in an image only where it is small against the resolution)."""
+    from atomicspi.models import render_images
+
     n_modes = mode_vectors.shape[0]
 
     def render(amplitudes):
@@ -143,7 +146,6 @@ def _rows(value, n: int, start: int, stop: int):
 
 def principal_motions(
     context,
-    render_images,
     images: Float[np.ndarray, "n y x"],
     rotations: Float[np.ndarray, "n 3 3"],
     shifts_in_angstroms: Float[np.ndarray, "n 2"],
@@ -160,7 +162,6 @@ def principal_motions(
     **Arguments:**
 
     - `context`: the model's `ModelContext` (reference atoms, beads, modes, microscope).
-    - `render_images`: `atomicspi.models.render_images`.
     - `images`, `rotations`, `shifts_in_angstroms`: the particles used (a few hundred suffice).
     - `ctf`: their `CTFParameters` (batched like the images).
     - `contrast`, `noise_std`: the images' contrast and per-pixel noise level.
@@ -174,14 +175,12 @@ def principal_motions(
     """
     modes = jnp.asarray(context.mode_vectors, dtype=jnp.float32)
     n_modes = modes.shape[0]
-    box_size, pixel_size = images.shape[-1], float(context.image_model.pixel_size_in_angstroms)
-    frequency_y = np.fft.fftfreq(box_size, d=pixel_size)[:, None]
-    frequency_x = np.fft.rfftfreq(box_size, d=pixel_size)[None, :]
-    frequency_mask = np.hypot(frequency_y, frequency_x) <= 1.0 / resolution_in_angstroms
+    frequencies = np.asarray(rfft_frequencies(images.shape[-1], float(context.image_model.pixel_size_in_angstroms)))
+    frequency_mask = np.linalg.norm(frequencies, axis=-1) <= 1.0 / resolution_in_angstroms
     frequency_mask[0, 0] = False  # the mean of an image carries no conformational information
     statistics = jax.jit(
         lambda images, rotations, shifts, ctf: mode_space_statistics(
-            context.image_model, render_images, context.reference_positions_in_angstroms.astype(jnp.float32),
+            context.image_model, context.reference_positions_in_angstroms.astype(jnp.float32),
             context.atom_to_bead, modes, images, rotations, shifts, ctf, contrast, frequency_mask,
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
@@ -46,7 +47,7 @@ def _site_log_probabilities(trace, batch_size: int):
         if site["type"] != "sample":
             continue
         log_probability = site["fn"].log_prob(site["value"])
-        if jax.numpy.ndim(log_probability) == 0:
+        if jnp.ndim(log_probability) == 0:
             total = total + log_probability
         else:
             total = total + log_probability.reshape(batch_size, -1).sum(axis=-1)
@@ -98,8 +99,6 @@ def importance_resampled_draws(
     and the Kish effective sample size of each particle's weights `(n_particles,)`.
     """
     from numpyro import handlers
-
-    jnp = jax.numpy
 
     def guide_trace(key, batch):
         seeded = handlers.seed(handlers.substitute(guide, data=params), key)

@@ -3,6 +3,8 @@ the elastic-network energy as a physics prior on the decoded structures."""
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -57,6 +59,12 @@ class Decoder(eqx.Module):
         return (self.linear(z) + self.mlp(z)).reshape(self.n_beads, 3)
 
 
+def _network_hessian_times(context: ModelContext, displacement: Float[Array, "n_beads 3"]) -> Float[Array, "n_beads 3"]:
+    """K·u: the prior network's Hessian at the reference (γ = 1) times a bead displacement, by
+    forward-over-reverse differentiation of its energy (no dense Hessian)."""
+    return jax.jvp(jax.grad(context.network.energy), (context.bead_positions_in_angstroms,), (displacement,))[1]
+
+
 def decoder_along_motions(
     decoder: Decoder, directions: Float[Array, "n_directions n_beads 3"], variances_in_angstroms_squared: Float[Array, " n_directions"]
 ) -> Decoder:
@@ -87,9 +95,8 @@ def spring_constant_for_spread(
 
     A prior centred there neither pins the population's main motion (a stiffer γ would: a hinge
     motion strains many springs) nor is left without a scale."""
-    gradient = jax.grad(context.network.energy)
     v = jnp.asarray(direction, dtype=jnp.float32)
-    curvature = float(jnp.sum(v * jax.jvp(gradient, (context.bead_positions_in_angstroms,), (v,))[1]))
+    curvature = float(jnp.sum(v * _network_hessian_times(context, v)))
     return float(context.options.temperature_factor / (max(curvature, 1e-12) * variance_in_angstroms_squared))
 
 
@@ -112,14 +119,8 @@ def latent_elastic_log_normaliser(context: ModelContext, decoder: Decoder, sprin
     that the decoder does not use)."""
     latent_dim = decoder.linear.in_features
     jacobian = jax.jacfwd(decoder)(jnp.zeros(latent_dim))  # (n_beads, 3, latent_dim)
-    gradient = jax.grad(context.network.energy)
-    reference = context.bead_positions_in_angstroms
-
-    def hessian_times(column):
-        return jax.jvp(gradient, (reference,), (column,))[1]
-
     columns = jnp.moveaxis(jacobian, -1, 0)
-    curvature = jnp.einsum("kbc,lbc->kl", columns, jax.vmap(hessian_times)(columns))
+    curvature = jnp.einsum("kbc,lbc->kl", columns, jax.vmap(functools.partial(_network_hessian_times, context))(columns))
     matrix = jnp.eye(latent_dim) + spring_constant * curvature / context.options.temperature_factor
     return -0.5 * jnp.linalg.slogdet(matrix)[1]
 
