@@ -177,7 +177,7 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     from atomicspi.io import InputError, load_particles
     from atomicspi.microscope import make_image_model
     from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
-    from atomicspi.structure import load_structure
+    from atomicspi.structure import block_rigid_basis, load_structure
 
     timings, diagnostics = {}, {}
     started = time.perf_counter()
@@ -218,7 +218,10 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     model_arguments = {"context": context, "n_particles": len(dataset)}
     decoder = None
     if config.model == "deformation":
-        decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1))
+        basis = None
+        if config.decoder_beads_per_block:
+            basis = block_rigid_basis(np.asarray(context.bead_positions_in_angstroms), config.decoder_beads_per_block)
+        decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1), basis=basis)
         if not config.domains:  # no hinges given: start from the motions the images show
             decoder, context, diagnostics["linear_start"] = _linear_start(dataset, context, decoder)
         model_arguments["decoder"] = decoder

@@ -21,7 +21,24 @@ import scipy.stats
 
 from atomicspi._transition_paths import path_positions_of
 
-__all__ = ["calpha_rmsd", "leading_latent_axis", "path_recovery_metrics", "spearman_of_latent"]
+__all__ = ["calpha_rmsd", "draw_interval", "leading_latent_axis", "path_recovery_metrics", "spearman_of_latent"]
+
+
+def draw_interval(draws, interval_mass: float = 0.9):
+    """A central interval from each row of posterior draws `(n, n_draws)` with a known chance of
+    holding the truth when the draws are calibrated: if the truth is exchangeable with the draws,
+    its rank among them is uniform on 0..n_draws, so the k-th smallest and k-th largest draws
+    enclose it with probability (n_draws + 1 − 2k)/(n_draws + 1) (the rank statistic of
+    simulation-based calibration). k is the largest with that probability ≥ `interval_mass`
+    (k = 1, the range, for 20 draws: 0.905). Sample quantiles of the draws are no such interval: the
+    5–95 % quantiles of 20 exact draws hold the truth 82 % of the time.
+
+    **Returns:** `(low (n,), high (n,), expected coverage)`.
+    """
+    ordered = np.sort(np.asarray(draws, dtype=float), axis=1)
+    n_draws = ordered.shape[1]
+    k = max(1, int(np.floor(0.5 * (n_draws + 1) * (1.0 - interval_mass))))
+    return ordered[:, k - 1], ordered[:, n_draws - k], (n_draws + 1 - 2 * k) / (n_draws + 1)
 
 
 def calpha_rmsd(a, b) -> np.ndarray:
@@ -86,8 +103,10 @@ def path_recovery_metrics(
       and true path-position distributions);
     - with a reference: `median_rmsd_reference`;
     - with draws: `coverage_path_position` (share of particles whose true path position lies in the
-      central `interval_mass` interval of their draws' path positions),
-      `median_interval_width_path_position`;
+      interval of `draw_interval` of their draws' path positions) next to
+      `coverage_expected_if_calibrated` (that interval's chance for calibrated draws: 0.905 for 20),
+      `median_interval_width_path_position`, and `coverage_path_position_quantiles` (the central
+      `interval_mass` sample quantiles instead, as reported before: 0.82 for 20 exact draws);
     - with a latent: `spearman_latent` (absolute).
     """
     n = None
@@ -123,11 +142,14 @@ def path_recovery_metrics(
     if calpha_samples is not None:
         samples = np.asarray(calpha_samples, dtype=float)
         draws_s = path_positions_of(samples.reshape((-1,) + samples.shape[2:]), nodes).reshape(samples.shape[:2])
+        low, high, expected = draw_interval(draws_s, interval_mass)
         tail = 0.5 * (1.0 - interval_mass)
-        low, high = np.quantile(draws_s, tail, axis=1), np.quantile(draws_s, 1.0 - tail, axis=1)
+        quantile_low, quantile_high = np.quantile(draws_s, tail, axis=1), np.quantile(draws_s, 1.0 - tail, axis=1)
         result.update({
             "coverage_path_position": float(np.mean((true_s >= low) & (true_s <= high))),
+            "coverage_expected_if_calibrated": float(expected),
             "median_interval_width_path_position": float(np.median(high - low)),
+            "coverage_path_position_quantiles": float(np.mean((true_s >= quantile_low) & (true_s <= quantile_high))),
         })
     if latent is not None:
         result["spearman_latent"] = spearman_of_latent(latent, true_s)

@@ -30,6 +30,11 @@ class Decoder(eqx.Module):
     """From a latent vector to bead displacements (Å): a linear map (the population's principal
     displacements, as in a probabilistic PCA) plus an MLP for the curvature of large motions.
 
+    With a `basis`, both give coefficients of fixed displacement fields (the rigid motions of
+    blocks of consecutive beads, `atomicspi.structure.block_rigid_basis`): hinge and domain
+    motions lie in that span, and the distortions within blocks that images barely constrain do
+    not. Without one, every bead moves freely.
+
     Both start near zero, so the initial decoder gives the reference structure.
 
     **Arguments:**
@@ -38,25 +43,33 @@ class Decoder(eqx.Module):
     - `n_beads`: number of beads displaced.
     - `key`: PRNG key for the initial weights.
     - `hidden_size`: width of the MLP's two hidden layers.
+    - `basis`: `(n_basis, n_beads, 3)` orthonormal displacement fields, or `None`.
     """
 
     linear: eqx.nn.Linear
     mlp: eqx.nn.MLP
+    basis: Float[Array, "n_basis n_beads 3"] | None
     n_beads: int = eqx.field(static=True)
 
-    def __init__(self, latent_dim: int, n_beads: int, key: PRNGKeyArray, hidden_size: int = 128):
+    def __init__(self, latent_dim: int, n_beads: int, key: PRNGKeyArray, hidden_size: int = 128, basis=None):
         linear_key, mlp_key = jax.random.split(key)
-        linear = eqx.nn.Linear(latent_dim, 3 * n_beads, use_bias=False, key=linear_key)
+        size = 3 * n_beads if basis is None else basis.shape[0]
+        linear = eqx.nn.Linear(latent_dim, size, use_bias=False, key=linear_key)
         self.linear = eqx.tree_at(lambda m: m.weight, linear, linear.weight * 1e-2)
-        mlp = eqx.nn.MLP(latent_dim, 3 * n_beads, hidden_size, depth=2, activation=jax.nn.gelu, key=mlp_key)
+        mlp = eqx.nn.MLP(latent_dim, size, hidden_size, depth=2, activation=jax.nn.gelu, key=mlp_key)
         last = mlp.layers[-1]
         self.mlp = eqx.tree_at(
             lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (last.weight * 1e-2, jnp.zeros_like(last.bias))
         )
+        self.basis = None if basis is None else jnp.asarray(basis, dtype=jnp.float32)
         self.n_beads = n_beads
 
     def __call__(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
-        return (self.linear(z) + self.mlp(z)).reshape(self.n_beads, 3)
+        output = self.linear(z) + self.mlp(z)
+        if self.basis is None:
+            return output.reshape(self.n_beads, 3)
+        # The basis is fixed: it reaches the optimiser as a parameter with zero gradient.
+        return jnp.einsum("k,kbc->bc", output, jax.lax.stop_gradient(self.basis))
 
 
 def _network_hessian_times(context: ModelContext, displacement: Float[Array, "n_beads 3"]) -> Float[Array, "n_beads 3"]:
@@ -71,7 +84,8 @@ def decoder_along_motions(
     """The decoder whose linear map starts along given motions: column j of the linear map is
     direction j times its standard deviation, so z ~ N(0, I) spreads the decoded structures as the
     population spreads (`atomicspi.inference.principal_motions` estimates both from the images).
-    Latent dimensions beyond the given directions keep their small random start.
+    With a basis, the directions enter as their projections on it. Latent dimensions beyond the
+    given directions keep their small random start.
 
     **Arguments:**
 
@@ -82,7 +96,12 @@ def decoder_along_motions(
     **Returns:** the `Decoder` with its linear map replaced in the first n_directions columns.
     """
     count = min(decoder.linear.in_features, directions.shape[0])
-    columns = jnp.asarray(directions[:count]).reshape(count, -1).T * jnp.sqrt(jnp.asarray(variances_in_angstroms_squared[:count]))
+    directions = jnp.asarray(directions[:count], dtype=jnp.float32)
+    if decoder.basis is not None:  # the directions' coefficients (their projection on the basis)
+        columns = jnp.einsum("dbc,kbc->kd", directions, decoder.basis)
+    else:
+        columns = directions.reshape(count, -1).T
+    columns = columns * jnp.sqrt(jnp.asarray(variances_in_angstroms_squared[:count], dtype=jnp.float32))
     weight = decoder.linear.weight.at[:, :count].set(columns.astype(decoder.linear.weight.dtype))
     return eqx.tree_at(lambda m: m.linear.weight, decoder, weight)
 

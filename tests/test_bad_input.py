@@ -327,6 +327,11 @@ def yaml_one_domain(tmp):
     return lambda: io.load_config(path), "dataset.yaml", "domains"
 
 
+def yaml_negative_block_length(tmp):
+    path = config(tmp, VALID_YAML + "decoder_beads_per_block: -3\n")
+    return lambda: io.load_config(path), "dataset.yaml", "decoder_beads_per_block"
+
+
 def yaml_syntax_error(tmp):
     path = config(tmp, "particles: [p.star\n")
     return lambda: io.load_config(path), "dataset.yaml", "yaml"
@@ -341,7 +346,8 @@ CASES = [
     cs_mixed_box_sizes, cs_nan_defocus, cs_not_a_table, cs_object_array, pickle_carrying_code,
     pickle_wrong_shape, poses_count_mismatch, missing_particles_path, unsupported_particles_suffix,
     yaml_unknown_model, yaml_not_a_mapping, yaml_python_tag, yaml_unknown_key, yaml_missing_required_key,
-    yaml_missing_particles_file, yaml_wrong_type, yaml_bare_stack_without_poses, yaml_one_domain, yaml_syntax_error,
+    yaml_missing_particles_file, yaml_wrong_type, yaml_bare_stack_without_poses, yaml_one_domain,
+    yaml_negative_block_length, yaml_syntax_error,
 ]
 
 

@@ -308,3 +308,33 @@ def test_deformation_factor_is_energy_minus_log_normaliser(context):
     energies = [float(context.network.energy(jnp.asarray(reference + directions @ zi))) for zi in z]
     expected = -gamma * np.array(energies) - float(latent_elastic_log_normaliser(context, decoder, gamma))
     np.testing.assert_allclose(factor, expected, rtol=1e-4)
+
+
+def test_decoder_with_a_basis_moves_inside_it_and_starts_along_projected_motions(context):
+    """With a basis, every decoded displacement (linear map and MLP) lies in its span, and
+    `decoder_along_motions` makes decoder(e_j) the projection of direction j times its standard
+    deviation (the MLP starts near zero)."""
+    import equinox as eqx
+
+    from atomicspi.models import Decoder, decoder_along_motions
+    from atomicspi.structure import block_rigid_basis
+
+    n_beads = context.n_beads
+    reference = np.asarray(context.bead_positions_in_angstroms, dtype=float)
+    basis = block_rigid_basis(reference, 5)
+    flat = basis.reshape(basis.shape[0], -1)
+    decoder = Decoder(3, n_beads, jax.random.key(1), basis=basis)
+    # Large weights, so that the MLP's contribution is not negligible.
+    decoder = eqx.tree_at(lambda d: d.mlp.layers[-1].weight, decoder, decoder.mlp.layers[-1].weight * 100.0)
+    out = np.asarray(decoder(jnp.array([0.7, -1.2, 2.0])), dtype=float).ravel()
+    assert np.linalg.norm(out) > 1e-2
+    np.testing.assert_allclose(flat.T @ (flat @ out), out, atol=1e-4 * np.linalg.norm(out))
+    rng = np.random.default_rng(5)
+    directions = rng.normal(size=(2, n_beads, 3))
+    directions /= np.linalg.norm(directions.reshape(2, -1), axis=1)[:, None, None]
+    variances = np.array([4.0, 0.25])
+    started = decoder_along_motions(Decoder(3, n_beads, jax.random.key(2), basis=basis), directions, variances)
+    for j in range(2):
+        got = np.asarray(started(jnp.eye(3)[j]), dtype=float).ravel()
+        projected = flat.T @ (flat @ directions[j].ravel())
+        np.testing.assert_allclose(got, np.sqrt(variances[j]) * projected, atol=0.05 * np.sqrt(variances[j]) * np.linalg.norm(projected))

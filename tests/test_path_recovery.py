@@ -62,7 +62,9 @@ def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, 
     minor_inferred, minor_true = np.mean(estimated_s > midpoint), np.mean(truth_s > midpoint)
     open_fit = np.median(_calpha_rmsd(means, truth)[states == 1])
     open_reference = np.median(_calpha_rmsd(closed.positions_in_angstroms[None], truth)[states == 1])
-    low, high = np.quantile(draws_s, 0.05, axis=1), np.quantile(draws_s, 0.95, axis=1)
+    # The range of 20 draws holds the truth with probability 19/21 ≈ 0.905 when they are calibrated
+    # (the truth's rank among them is uniform; bench/_path_metrics.py draw_interval).
+    low, high = draws_s.min(axis=1), draws_s.max(axis=1)
     coverage = np.mean((truth_s >= low) & (truth_s <= high))
     record = json.loads((output / "run.json").read_text())
     print(
@@ -71,6 +73,8 @@ def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, 
     )
     assert spearman > 0.9
     assert abs(minor_inferred - minor_true) < 0.1
-    assert open_fit < 0.5 * open_reference
+    # The block-rigid decoder (default) reached 0.25 × the reference here; every bead moving freely
+    # (decoder_beads_per_block: 0, the previous default) 0.46 ×: its open state stalls part-way.
+    assert open_fit < 0.35 * open_reference
     assert record["latent_information"]["active_dimensions"] >= 1
     assert 0.0 <= record["importance_resampling"]["share_of_particles_resampled"] <= 1.0

@@ -48,6 +48,11 @@ class DatasetConfig:
     - `spring_yield_in_angstroms` (None = harmonic springs): with `model: deformation`, the prior's
       springs yield beyond this stretch (`ElasticNetwork.yielding_energy`: harmonic below it,
       logarithmic above), so that contacts a large motion breaks cost a bounded amount.
+    - `decoder_beads_per_block` (12): with `model: deformation`, the decoder moves blocks of this
+      many consecutive beads rigidly (to first order: their rigid motions span its output,
+      `atomicspi.structure.block_rigid_basis`), so that hinge and domain motions are easy to reach
+      and distortions within blocks, which the images barely constrain, are left out; 0 lets every
+      bead move freely.
     - `importance_proposals` (None = off): with `model: deformation`, importance-resample each
       particle's posterior draws from this many Laplace proposals
       (`atomicspi.inference.importance_resampled_draws`), where the effective sample size reaches half
@@ -91,6 +96,7 @@ class DatasetConfig:
     output_atoms: str = "heavy"
     spring_yield_in_angstroms: float | None = None
     importance_proposals: int | None = None
+    decoder_beads_per_block: int = 12
 
 
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
@@ -178,6 +184,9 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
             raise InputError(f"{path}: field {key}: must be a positive integer, got {value!r}")
     if "seed" in values and (isinstance(values["seed"], bool) or not isinstance(values["seed"], int)):
         raise InputError(f"{path}: field seed: must be an integer, got {values['seed']!r}")
+    value = values.get("decoder_beads_per_block", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{path}: field decoder_beads_per_block: must be a non-negative integer, got {value!r}")
     for key in _POSITIVE_FLOATS:
         value = values.get(key)
         if value is not None:
