@@ -52,7 +52,7 @@ def _with_ctf_parameters(function):
     return adapted
 
 
-_SETTINGS_ADDED_LATER = ("spring_yield_in_angstroms", "importance_proposals")
+_SETTINGS_ADDED_LATER = ("importance_proposals",)
 
 
 def _hashable_configuration(config) -> dict:

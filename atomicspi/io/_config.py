@@ -45,9 +45,9 @@ class DatasetConfig:
       `"semi_amortized"` (the encoder plus a free correction per particle: better fits of a fixed
       dataset).
     - `cutoff_in_angstroms` (15.0): elastic network cutoff.
-    - `spring_yield_in_angstroms` (None = harmonic springs): with `model: deformation`, the prior's
-      springs yield beyond this stretch (`ElasticNetwork.yielding_energy`: harmonic below it,
-      logarithmic above), so that contacts a large motion breaks cost a bounded amount.
+    - `spring_yield_in_angstroms` (1.0; null = harmonic springs): with `model: deformation`, the
+      prior's springs yield beyond this stretch (`ElasticNetwork.yielding_energy`: harmonic below
+      it, logarithmic above), so that contacts a large motion breaks cost a bounded amount.
     - `decoder_beads_per_block` (12): with `model: deformation`, the decoder moves blocks of this
       many consecutive beads rigidly (to first order: their rigid motions span its output,
       `atomicspi.structure.block_rigid_basis`), so that hinge and domain motions are easy to reach
@@ -94,7 +94,7 @@ class DatasetConfig:
     device_count: int | None = None
     domains: tuple | int | None = None
     output_atoms: str = "heavy"
-    spring_yield_in_angstroms: float | None = None
+    spring_yield_in_angstroms: float | None = 1.0
     importance_proposals: int | None = None
     decoder_beads_per_block: int = 12
 
