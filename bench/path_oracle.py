@@ -42,7 +42,7 @@ def node_image_statistics(dataset, structure, node_positions, batch_size: int = 
     """For every particle i and node k: y_i·m_ik and |m_ik|², m_ik the noise-free image of node k
     at particle i's pose, shift and CTF, in the microscope's units.
 
-    **Returns:** `(cross (n, K), energy (n, K), image_energy (n,))`."""
+    **Returns:** `(cross (n, K), energy (n, K))`."""
     import jax
     import jax.numpy as jnp
 
@@ -66,18 +66,16 @@ def node_image_statistics(dataset, structure, node_positions, batch_size: int = 
         return cross.T, energy.T
 
     n = len(dataset)
-    cross, energy, image_energy = np.empty((n, len(nodes))), np.empty((n, len(nodes))), np.empty(n)
+    cross, energy = np.empty((n, len(nodes))), np.empty((n, len(nodes)))
     for start in range(0, n, batch_size):
         indices = np.arange(start, min(start + batch_size, n))
         padded = np.concatenate([indices, np.full(batch_size - len(indices), indices[-1])])
         batch = dataset.batch(padded)
-        images = np.asarray(batch.images, dtype=np.float32)
-        c, e = statistics(jnp.asarray(images), jnp.asarray(batch.rotations, dtype=jnp.float32),
+        c, e = statistics(jnp.asarray(batch.images, dtype=jnp.float32), jnp.asarray(batch.rotations, dtype=jnp.float32),
                           jnp.asarray(batch.shifts_in_angstroms, dtype=jnp.float32), _ctf_parameters(batch.ctf))
         count = len(indices)
         cross[indices], energy[indices] = np.asarray(c)[:count], np.asarray(e)[:count]
-        image_energy[indices] = np.sum(images[:count].astype(float) ** 2, axis=(1, 2))
-    return cross, energy, image_energy
+    return cross, energy
 
 
 def node_log_likelihoods(cross, energy, clean_scale: float, contrast_log_std: float, noise_std: float = 1.0):
@@ -133,7 +131,7 @@ def main():
     closed, open_ = centred_structures()
     node_s = np.linspace(0.0, 1.0, N_NODES)
     node_positions = path_conformations(simulation["generator"], closed, open_, node_s)
-    cross, energy, _ = node_image_statistics(dataset, closed, node_positions)
+    cross, energy = node_image_statistics(dataset, closed, node_positions)
     # The clean-image scale: the simulator divided clean images by noise_scale (its ratio to ours
     # is fitted here by least squares at the true nodes, so the oracle does not depend on it).
     true_s = truth["path_position"]
