@@ -30,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+import scipy.special
 import scipy.stats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -46,7 +47,7 @@ def node_image_statistics(dataset, structure, node_positions, batch_size: int = 
     import jax
     import jax.numpy as jnp
 
-    from atomicspi._pipeline import _ctf_parameters
+    from atomicspi._pipeline import _ctf_parameters, _ordered_batches
     from atomicspi.microscope import make_image_model
     from atomicspi.models import render_images
 
@@ -67,14 +68,12 @@ def node_image_statistics(dataset, structure, node_positions, batch_size: int = 
 
     n = len(dataset)
     cross, energy = np.empty((n, len(nodes))), np.empty((n, len(nodes)))
-    for start in range(0, n, batch_size):
-        indices = np.arange(start, min(start + batch_size, n))
-        padded = np.concatenate([indices, np.full(batch_size - len(indices), indices[-1])])
-        batch = dataset.batch(padded)
-        c, e = statistics(jnp.asarray(batch.images, dtype=jnp.float32), jnp.asarray(batch.rotations, dtype=jnp.float32),
-                          jnp.asarray(batch.shifts_in_angstroms, dtype=jnp.float32), _ctf_parameters(batch.ctf))
-        count = len(indices)
-        cross[indices], energy[indices] = np.asarray(c)[:count], np.asarray(e)[:count]
+    start = 0
+    for count, batch in _ordered_batches(dataset, batch_size):
+        c, e = statistics(jnp.asarray(batch["images"]), jnp.asarray(batch["rotations"]),
+                          jnp.asarray(batch["shifts_in_angstroms"]), _ctf_parameters(batch))
+        cross[start : start + count], energy[start : start + count] = np.asarray(c)[:count], np.asarray(e)[:count]
+        start += count
     return cross, energy
 
 

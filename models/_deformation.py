@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.contrib.module import eqx_module
 
 from ._context import ModelContext
@@ -51,7 +51,14 @@ class Decoder(eqx.Module):
     basis: Float[Array, "n_basis n_beads 3"] | None
     n_beads: int = eqx.field(static=True)
 
-    def __init__(self, latent_dim: int, n_beads: int, key: PRNGKeyArray, hidden_size: int = 128, basis=None):
+    def __init__(
+        self,
+        latent_dim: int,
+        n_beads: int,
+        key: PRNGKeyArray,
+        hidden_size: int = 128,
+        basis: Float[ArrayLike, "n_basis n_beads 3"] | None = None,
+    ):
         linear_key, mlp_key = jax.random.split(key)
         size = 3 * n_beads if basis is None else basis.shape[0]
         linear = eqx.nn.Linear(latent_dim, size, use_bias=False, key=linear_key)

@@ -3,6 +3,7 @@ simulator of the path benchmarks (`bench/_cryojax_simulation.py`), checked again
 geometry: endpoints, domain rigidity, chain connectivity, arc length, and our own image model."""
 
 import functools
+import importlib
 import pathlib
 import sys
 
@@ -14,6 +15,15 @@ from atomicspi._transition_paths import adaptive_anm_path, hinge_path, path_posi
 from atomicspi.structure import load_structure
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench_module(name: str):
+    """Import one of bench/'s modules (bench/ is not a package; its modules import each other by name)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
 RESIDUE_NUMBERS = np.arange(1, 215)  # 1AKE/4AKE numbering, one Cα per residue
 BOUNDARY_RESIDUES = np.array([29, 30, 59, 60, 121, 122, 159, 160])  # last/first residue either side of CORE|NMP|CORE|LID|CORE
 # Path positions at which the paths are evaluated once (module fixtures) for all the checks below.
@@ -197,12 +207,7 @@ def test_two_state_path_positions():
 @pytest.fixture(scope="module")
 def cryojax_simulation():
     pytest.importorskip("cryojax")
-    sys.path.insert(0, str(BENCH))
-    try:
-        import _cryojax_simulation
-    finally:
-        sys.path.remove(str(BENCH))
-    return _cryojax_simulation
+    return _bench_module("_cryojax_simulation")
 
 
 def test_cryojax_render_matches_our_image_model(structures, hinge, cryojax_simulation):
@@ -268,11 +273,7 @@ def test_draw_interval_holds_the_truth_as_often_as_the_rank_statistic_says():
     the interval of `draw_interval` holds the truth with the stated probability, (n + 1 − 2k)/(n + 1)
     (0.905 for 20 draws, 0.901 for 100), where sample quantiles of 20 draws fall short (≈ 0.82).
     Draws twice too narrow fail it."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from _path_metrics import draw_interval
-    finally:
-        sys.path.remove(str(BENCH))
+    draw_interval = _bench_module("_path_metrics").draw_interval
     rng = np.random.default_rng(0)
     n = 40000
     centres, widths = rng.normal(size=n), rng.uniform(0.1, 2.0, size=n)
@@ -296,11 +297,7 @@ def test_path_oracle_marginalises_the_contrast_like_quadrature():
     import scipy.stats
     from scipy import integrate
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        from path_oracle import node_log_likelihoods
-    finally:
-        sys.path.remove(str(BENCH))
+    node_log_likelihoods = _bench_module("path_oracle").node_log_likelihoods
     rng = np.random.default_rng(2)
     # Neighbouring nodes of a path (their images differ by a little): the regime the posterior lives in.
     nodes = rng.normal(size=40)[None] + 0.15 * np.arange(5)[:, None] * rng.normal(size=40)[None]
