@@ -215,6 +215,11 @@ def make_training_step(
         return _TRAINING_STEPS[svi]
 
     def scanned_steps(state, stacked_batches):
+        if next(iter(stacked_batches.values())).shape[0] == 1:
+            # One step per call: no scan. XLA's CPU backend compiles a scan's body as a while loop,
+            # which ran this model's step 1.9x slower (1.08 s against 0.57 s for 64 images of 64²).
+            new_state, (loss, skipped) = _single_step(svi, state, {k: v[0] for k, v in stacked_batches.items()})
+            return new_state, TrainingStepOutput(losses=loss[None], skipped=skipped[None])
         new_state, (losses, skipped) = jax.lax.scan(
             lambda carry, batch: _single_step(svi, carry, batch), state, stacked_batches
         )

@@ -124,7 +124,9 @@ def project_atoms_splat(
     edges_y = first_edges[:, 1:] + steps[None, :] * pixel_size_in_angstroms
     weights_x = _pixel_averages(edges_x, variances_in_angstroms_squared, pixel_size_in_angstroms)
     weights_y = _pixel_averages(edges_y, variances_in_angstroms_squared, pixel_size_in_angstroms)
-    patches = jnp.einsum("ak,aky,akx->ayx", amplitudes, weights_y, weights_x)
+    # an elementwise product summed over the Gaussians: XLA's CPU backend ran the equivalent
+    # einsum (3,341 tiny batched matrix products) 1.3-1.4x slower, forward and backward
+    patches = jnp.sum(amplitudes[:, :, None, None] * weights_y[:, :, :, None] * weights_x[:, :, None, :], axis=1)
     # one windowed scatter-add per atom (its transpose, for gradients, is a windowed gather) into
     # a grid padded by `window` on each side, so that every window that touches the box fits
     padded_size = box_size + 2 * window
