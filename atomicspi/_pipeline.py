@@ -58,8 +58,10 @@ _SETTINGS_ADDED_LATER = ("importance_proposals",)
 def _hashable_configuration(config) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     settings = dataclasses.asdict(config)
-    for name in ("output", "num_steps", "checkpoint_every", "samples_per_particle"):
+    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates"):
         settings.pop(name, None)
+    if settings.get("learning_rate_schedule") == "constant":  # else the schedule depends on num_steps
+        settings.pop("num_steps", None)
     for name in _SETTINGS_ADDED_LATER:  # at their defaults they leave older checkpoints valid
         if settings.get(name) is None:
             settings.pop(name, None)
@@ -104,6 +106,9 @@ def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> f
     return float(np.sum(images * predicted) / np.sum(predicted * predicted))
 
 
+_DECODED_STRUCTURES_PER_CHUNK = 2048
+
+
 def _positions_from_draws(model_name, context, draws, decoder):
     """Atom positions for per-particle draws: `(n_particles, n_samples, n_atoms, 3)`."""
     from atomicspi.models import deformation_positions, domain_positions, nma_positions
@@ -115,7 +120,12 @@ def _positions_from_draws(model_name, context, draws, decoder):
     if model_name == "nma":
         return jax.jit(functools.partial(nma_positions, context))(jnp.asarray(draws["amplitudes"]))
     if model_name == "deformation":
-        return jax.jit(functools.partial(deformation_positions, context, decoder))(jnp.asarray(draws["z"]))
+        # In chunks of particles: decoding every draw at once held several copies of
+        # particles × draws × atoms × 3 floats (10 GB peak for 2,000 × 20 draws of AdK).
+        decode = jax.jit(functools.partial(deformation_positions, context, decoder))
+        z = np.asarray(draws["z"])
+        chunk = max(1, _DECODED_STRUCTURES_PER_CHUNK // z.shape[1])
+        return np.concatenate([np.asarray(decode(jnp.asarray(z[start : start + chunk]))) for start in range(0, len(z), chunk)])
     raise AssertionError(model_name)
 
 
@@ -152,6 +162,53 @@ def _linear_start(dataset, context, decoder):
     return decoder, context, record
 
 
+def _check_domains(config, structure) -> None:
+    """Refuse residue-range `domains` that do not fit the reference before anything is written: a
+    range beyond its residues, a domain holding none of its beads, overlapping domains, or beads in
+    no domain. Domains are numbered from 1 in the messages, in the order of the yaml."""
+    from atomicspi.io import InputError
+    from atomicspi.structure import calpha_beads, centroid_beads
+
+    try:
+        beads = {"calpha": calpha_beads, "centroid": centroid_beads}[config.coarse_grain](structure)
+    except InputError as error:
+        raise InputError(f"{config.reference}: {error}") from None
+    numbers = np.asarray(beads.bead_residue_numbers)
+    lowest, highest = int(numbers.min()), int(numbers.max())
+    owner = np.zeros(numbers.shape, dtype=int)  # the domain (from 1) of each bead, 0 for none
+    for domain, ranges in enumerate(config.domains, start=1):
+        for first, last in ranges:
+            where = f"{config.reference}: field domains: residue range {first}-{last} of domain {domain}"
+            if first < lowest or last > highest:
+                raise InputError(f"{where} reaches beyond this structure's residues {lowest}-{highest}")
+            inside = (numbers >= first) & (numbers <= last)
+            if np.any(owner[inside] > 0):
+                raise InputError(f"{where} overlaps domain {int(owner[inside][owner[inside] > 0][0])}")
+            owner[inside] = domain
+        if not np.any(owner == domain):
+            raise InputError(f"{config.reference}: field domains: domain {domain} holds no residue of this structure")
+    if np.any(owner == 0):
+        missing = numbers[owner == 0]
+        raise InputError(
+            f"{config.reference}: field domains: residues {missing[:5].tolist()}{'...' if missing.size > 5 else ''} "
+            "are in no domain"
+        )
+
+
+def _refuse_noiseless_images(config, dataset) -> None:
+    """Raise `InputError` for images whose background has no noise (`_estimate_noise_std` is 0)."""
+    from atomicspi.io import InputError
+
+    count = min(256, len(dataset))  # the images _estimate_noise_std looked at
+    images = dataset.images(np.arange(count))
+    if np.ptp(images) == 0:
+        raise InputError(f"{config.particles}: field images: the first {count} images are blank (every pixel is {float(images.flat[0]):g})")
+    raise InputError(
+        f"{config.particles}: field images: the background (beyond 0.45 of the box from the centre) is constant in "
+        f"the first {count} images, so the noise level cannot be estimated (noiseless images cannot be fitted)"
+    )
+
+
 def run_inference(config, resume: bool = False, progress: bool = True) -> pathlib.Path:
     """Run the inference described by a validated `DatasetConfig` and write its output folder.
 
@@ -173,11 +230,12 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         make_epoch_minibatches,
         make_optimizer,
         make_svi,
+        relocated_modes,
     )
     from atomicspi.io import InputError, load_particles
     from atomicspi.microscope import make_image_model
     from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
-    from atomicspi.structure import block_rigid_basis, load_structure
+    from atomicspi.structure import BlockRigidMotion, block_rigid_basis, load_structure
 
     timings, diagnostics = {}, {}
     started = time.perf_counter()
@@ -189,22 +247,30 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     if dataset.rotations is None:
         raise InputError(f"{config.particles}: field rotations: `poses: {config.poses}` needs poses in the particle file")
     structure = load_structure(config.reference)
-    output = pathlib.Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-
+    if isinstance(config.domains, tuple):
+        _check_domains(config, structure)
     image_model = make_image_model(
         structure.atomic_numbers, structure.b_factors_in_angstroms_squared, dataset.box_size, dataset.pixel_size_in_angstroms
     )
+    noise_std = _estimate_noise_std(dataset)
+    if not noise_std > 0:
+        _refuse_noiseless_images(config, dataset)
     contrast = _estimate_contrast(dataset, image_model, structure)
     if not contrast > 0:
         raise InputError(
-            f"{config.particles}: images: the particles correlate negatively ({contrast:.3g}) with the reference "
+            f"{config.particles}: field images: the particles correlate negatively ({contrast:.3g}) with the reference "
             "projected at their poses: is the contrast inverted (protein must be bright), or are the poses or "
             "the reference's frame wrong?"
         )
+    output = pathlib.Path(config.output)  # created only once every check above has passed
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{output}: field output: cannot create the folder ({error.strerror or error})") from None
+
     options = ModelOptions(
         contrast_guess=contrast,
-        noise_std_guess=_estimate_noise_std(dataset),
+        noise_std_guess=noise_std,
         refine_poses=config.poses == "infer",
         latent_dim=config.latent_dim,
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
@@ -218,10 +284,12 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     model_arguments = {"context": context, "n_particles": len(dataset)}
     decoder = None
     if config.model == "deformation":
-        basis = None
+        basis = blocks = None
         if config.decoder_beads_per_block:
-            basis = block_rigid_basis(np.asarray(context.bead_positions_in_angstroms), config.decoder_beads_per_block)
-        decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1), basis=basis)
+            beads = np.asarray(context.bead_positions_in_angstroms)
+            basis = block_rigid_basis(beads, config.decoder_beads_per_block)
+            blocks = BlockRigidMotion(beads, config.decoder_beads_per_block)
+        decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1), basis=basis, rigid_blocks=blocks)
         if not config.domains:  # no hinges given: start from the motions the images show
             decoder, context, diagnostics["linear_start"] = _linear_start(dataset, context, decoder)
         model_arguments["decoder"] = decoder
@@ -239,7 +307,10 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     )
     model = _with_ctf_parameters(model)
     guide_function = _with_ctf_parameters(guide)
-    optimizer = make_optimizer(config.learning_rate, config.per_particle_learning_rate)
+    optimizer = make_optimizer(
+        config.learning_rate, config.per_particle_learning_rate,
+        decay_steps=config.num_steps if config.learning_rate_schedule == "cosine" else None,
+    )
     svi = make_svi(model, guide_function, optimizer, **model_arguments)
     mesh = make_batch_mesh(jax.devices()[: config.device_count]) if (config.device_count or 1) > 1 else None
     started = time.perf_counter()
@@ -273,6 +344,18 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     counts = [count for count, _ in ordered]
     keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
     local = {name: values[keep] for name, values in local.items()}
+    if config.model == "deformation" and config.mode_candidates:
+        # Particles whose unimodal q(z) stayed in the wrong basin move to the better mode.
+        shifts, relocated, gains = relocated_modes(
+            model, guide_function, params, lambda: ordered, jax.random.fold_in(key, 5), model_arguments,
+            n_candidates=config.mode_candidates,
+        )
+        local["z"] = local["z"] + shifts[:, None, :].astype(local["z"].dtype)
+        diagnostics["relocated_modes"] = {
+            "candidates": config.mode_candidates,
+            "share_of_particles_relocated": float(np.mean(relocated)),
+            "median_log_joint_gain_in_nats": float(np.median(gains[relocated])) if np.any(relocated) else 0.0,
+        }
     if resampled_particles is not None:
         effective_sample_sizes, resampled_particles = effective_sample_sizes[keep], resampled_particles[keep]
         diagnostics["importance_resampling"] = {

@@ -20,6 +20,7 @@ from ._optimizer import make_optimizer as make_optimizer
 from ._posterior import draw_posterior as draw_posterior
 from ._posterior import importance_resampled_draws as importance_resampled_draws
 from ._posterior import latent_information as latent_information
+from ._posterior import relocated_modes as relocated_modes
 from ._progress import TrainingProgress as TrainingProgress
 from ._sharding import make_batch_mesh as make_batch_mesh
 from ._sharding import replicate as replicate

@@ -9,6 +9,7 @@ from ._context import ModelContext as ModelContext
 from ._context import ModelOptions as ModelOptions
 from ._context import build_model_context as build_model_context
 from ._deformation import Decoder as Decoder
+from ._deformation import decoded_structure as decoded_structure
 from ._deformation import decoder_along_motions as decoder_along_motions
 from ._deformation import deformation as deformation
 from ._deformation import deformation_positions as deformation_positions

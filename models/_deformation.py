@@ -13,11 +13,14 @@ import numpyro.distributions as dist
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.contrib.module import eqx_module
 
+from atomicspi.structure import BlockRigidMotion
+
 from ._context import ModelContext
 from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
 
 __all__ = [
     "Decoder",
+    "decoded_structure",
     "decoder_along_motions",
     "deformation",
     "deformation_positions",
@@ -35,6 +38,11 @@ class Decoder(eqx.Module):
     motions lie in that span, and the distortions within blocks that images barely constrain do
     not. Without one, every bead moves freely.
 
+    With `rigid_blocks` as well (the same blocks as the basis), each block then moves by the finite
+    rigid motion whose first-order field the coefficients give (`BlockRigidMotion`): large domain
+    rotations are not stretched, and the atoms of each bead's residue turn with its block
+    (`decoded_structure`).
+
     Both start near zero, so the initial decoder gives the reference structure.
 
     **Arguments:**
@@ -44,11 +52,14 @@ class Decoder(eqx.Module):
     - `key`: PRNG key for the initial weights.
     - `hidden_size`: width of the MLP's two hidden layers.
     - `basis`: `(n_basis, n_beads, 3)` orthonormal displacement fields, or `None`.
+    - `rigid_blocks`: the `BlockRigidMotion` of the basis's blocks, or `None` (displacements are
+      then the linear combination of the basis fields).
     """
 
     linear: eqx.nn.Linear
     mlp: eqx.nn.MLP
     basis: Float[Array, "n_basis n_beads 3"] | None
+    rigid_blocks: BlockRigidMotion | None
     n_beads: int = eqx.field(static=True)
 
     def __init__(
@@ -58,7 +69,10 @@ class Decoder(eqx.Module):
         key: PRNGKeyArray,
         hidden_size: int = 128,
         basis: Float[ArrayLike, "n_basis n_beads 3"] | None = None,
+        rigid_blocks: BlockRigidMotion | None = None,
     ):
+        if rigid_blocks is not None and basis is None:
+            raise ValueError("rigid_blocks needs the blocks' basis")
         linear_key, mlp_key = jax.random.split(key)
         size = 3 * n_beads if basis is None else basis.shape[0]
         linear = eqx.nn.Linear(latent_dim, size, use_bias=False, key=linear_key)
@@ -69,14 +83,46 @@ class Decoder(eqx.Module):
             lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (last.weight * 1e-2, jnp.zeros_like(last.bias))
         )
         self.basis = None if basis is None else jnp.asarray(basis, dtype=jnp.float32)
+        self.rigid_blocks = rigid_blocks
         self.n_beads = n_beads
 
-    def __call__(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
+    def linear_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
+        """The bead displacements as a linear combination of the basis fields (every bead free without one)."""
         output = self.linear(z) + self.mlp(z)
         if self.basis is None:
             return output.reshape(self.n_beads, 3)
         # The basis is fixed: it reaches the optimiser as a parameter with zero gradient.
         return jnp.einsum("k,kbc->bc", output, jax.lax.stop_gradient(self.basis))
+
+    def block_transforms(self, z: Float[Array, " latent_dim"]) -> tuple[Float[Array, "n_blocks 3 3"], Float[Array, "n_blocks 3"]]:
+        """Per block, the rotation and translation (Å) of its finite rigid motion (needs `rigid_blocks`)."""
+        blocks = jax.lax.stop_gradient(self.rigid_blocks)
+        return blocks.transforms(self.linear_field(z))
+
+    def __call__(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
+        if self.rigid_blocks is None:
+            return self.linear_field(z)
+        blocks = jax.lax.stop_gradient(self.rigid_blocks)
+        rotations, translations = self.block_transforms(z)
+        moved = blocks.move(blocks.positions_in_angstroms, blocks.block_of_point, rotations, translations)
+        return moved - blocks.positions_in_angstroms
+
+
+def decoded_structure(
+    context: ModelContext, decoder: Decoder, z: Float[Array, " latent_dim"]
+) -> tuple[Float[Array, "n_beads 3"], Float[Array, "n_atoms 3"]]:
+    """The bead displacements and the atom positions decoded from one latent: with rigid blocks,
+    every atom moves rigidly with its bead's block; otherwise it is carried by its bead's displacement."""
+    if decoder.rigid_blocks is None:
+        displacements = decoder(z)
+        return displacements, context.atoms_from_bead_displacements(displacements)
+    blocks = jax.lax.stop_gradient(decoder.rigid_blocks)
+    rotations, translations = decoder.block_transforms(z)
+    beads = blocks.move(context.bead_positions_in_angstroms, blocks.block_of_point, rotations, translations)
+    atoms = blocks.move(
+        context.reference_positions_in_angstroms, blocks.block_of_point[context.atom_to_bead], rotations, translations
+    )
+    return beads - context.bead_positions_in_angstroms, atoms
 
 
 def _network_hessian_times(context: ModelContext, displacement: Float[Array, "n_beads 3"]) -> Float[Array, "n_beads 3"]:
@@ -129,8 +175,7 @@ def spring_constant_for_spread(
 def deformation_positions(context: ModelContext, decoder: Decoder, z):
     """Atom positions `(..., n_atoms, 3)` for latents `(..., latent_dim)`."""
     flat = z.reshape(-1, z.shape[-1])
-    displacements = jax.vmap(decoder)(flat)
-    positions = jax.vmap(context.atoms_from_bead_displacements)(displacements)
+    _, positions = jax.vmap(functools.partial(decoded_structure, context, decoder))(flat)
     return positions.reshape(*z.shape[:-1], *positions.shape[-2:])
 
 
@@ -172,10 +217,9 @@ def deformation(
     batch_size = rotations.shape[0]
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([options.latent_dim]).to_event(1))
-        displacements = jax.vmap(net)(z)
+        displacements, positions = jax.vmap(functools.partial(decoded_structure, context, net))(z)
         energy = jax.vmap(context.prior_energy)(context.bead_positions_in_angstroms + displacements)
         numpyro.factor("elastic_energy", -spring_constant * energy / options.temperature_factor - log_normaliser)
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
-        positions = jax.vmap(context.atoms_from_bead_displacements)(displacements)
         predicted = render_images(context.image_model, positions, rotations, shifts, ctf)
         observe_images(context, predicted, noise_std, images)

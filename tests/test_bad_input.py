@@ -337,6 +337,124 @@ def yaml_syntax_error(tmp):
     return lambda: io.load_config(path), "dataset.yaml", "yaml"
 
 
+def star_negative_pixel_size(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(star(tmp, optics_rows=["1 og1 -1.5 8 300 2.7 0.1"])), "p.star", "rlnImagePixelSize"
+
+
+def star_zero_pixel_size(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(star(tmp, optics_rows=["1 og1 0 8 300 2.7 0.1"])), "p.star", "rlnImagePixelSize"
+
+
+def star_amplitude_contrast_above_one(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(star(tmp, optics_rows=["1 og1 1.5 8 300 2.7 7"])), "p.star", "rlnAmplitudeContrast"
+
+
+def star30_negative_amplitude_contrast(tmp):
+    stack(tmp)
+    path = tmp / "p.star"
+    path.write_text(
+        "data_\nloop_\n_rlnImageName\n_rlnImagePixelSize\n_rlnDefocusU\n_rlnDefocusV\n_rlnDefocusAngle\n_rlnVoltage\n"
+        "_rlnSphericalAberration\n_rlnAmplitudeContrast\n1@s.mrcs 1.5 10000 9000 30 300 2.7 -0.1\n"
+    )
+    return lambda: io.load_particles(path), "p.star", "rlnAmplitudeContrast"
+
+
+def star_fractional_optics_group(tmp):
+    stack(tmp)
+    rows = [f"{i}@s.mrcs 10000 9000 30 1.7 10 20 30 0.5 -0.5" for i in (1, 2, 3)]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnOpticsGroup"
+
+
+def star_nan_defocus(tmp):
+    stack(tmp)
+    rows = ["1@s.mrcs 10000 9000 30 1 10 20 30 0.5 -0.5", "2@s.mrcs nan 9000 30 1 10 20 30 0.5 -0.5"]
+    return lambda: io.load_particles(star(tmp, rows=rows)), "p.star", "rlnDefocusU"
+
+
+def cs_with(tmp, field, value, row=slice(None)):
+    """The valid `.cs` of `cs()` with `field` set to `value` in `row` (all rows by default)."""
+    path = cs(tmp)
+    table = np.load(path)
+    table[field][row] = value
+    with open(path, "wb") as file:
+        np.save(file, table)
+    return path
+
+
+def cs_negative_pixel_size(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs_with(tmp, "blob/psize_A", -1.5)), "p.cs", "blob/psize_A"
+
+
+def cs_amplitude_contrast_above_one(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs_with(tmp, "ctf/amp_contrast", 7.0)), "p.cs", "ctf/amp_contrast"
+
+
+def cs_path_not_utf8(tmp):
+    stack(tmp)
+    return lambda: io.load_particles(cs_with(tmp, "blob/path", b"s\xff.mrcs", row=1)), "p.cs", "blob/path"
+
+
+def cryodrgn_ctf_amplitude_contrast_above_one(tmp):
+    stack(tmp)
+    path = tmp / "ctf.pkl"
+    # cryoDRGN's columns: D, pixel size, defocus U, V, angle, voltage, Cs, amplitude contrast, phase shift
+    path.write_bytes(pickle.dumps(np.tile([8, 1.5, 1e4, 9e3, 30, 300, 2.7, 7, 0], (3, 1)).astype(np.float64)))
+    return lambda: io.load_particles(tmp / "s.mrcs", ctf=path), "ctf.pkl", "amplitude_contrast_ratio"
+
+
+def mrc_negative_pixel_size(tmp):
+    path = stack(tmp, pixel_size=-1.5)
+    return lambda: io.load_particles(path), "s.mrcs", "pixel size"
+
+
+def mrc_complex_images(tmp):
+    import mrcfile
+
+    path = tmp / "s.mrcs"
+    with mrcfile.new(path) as handle:
+        handle.set_data(np.ones((3, 8, 8), dtype=np.complex64) * (1 + 2j))
+        handle.set_image_stack()
+        handle.voxel_size = 1.5
+    return lambda: io.load_particles(path), "s.mrcs", "mode 4"
+
+
+def _yaml_case(name: str, extra_lines: str, field: str):
+    """A case: the valid yaml plus `extra_lines`, refused naming `field`."""
+
+    def case(tmp):
+        path = config(tmp, VALID_YAML + extra_lines)
+        return lambda: io.load_config(path), "dataset.yaml", field
+
+    case.__name__ = name
+    return case
+
+
+yaml_duplicate_key = _yaml_case("yaml_duplicate_key", "model: deformation\n", "model")
+yaml_infinite_cutoff = _yaml_case("yaml_infinite_cutoff", "cutoff_in_angstroms: .inf\n", "cutoff_in_angstroms")
+yaml_infinite_learning_rate = _yaml_case("yaml_infinite_learning_rate", "learning_rate: .inf\n", "learning_rate")
+yaml_nan_spring_yield = _yaml_case("yaml_nan_spring_yield", "spring_yield_in_angstroms: .nan\n", "spring_yield_in_angstroms")
+yaml_negative_seed = _yaml_case("yaml_negative_seed", "seed: -1\n", "seed")
+yaml_seed_beyond_32_bits = _yaml_case("yaml_seed_beyond_32_bits", f"seed: {2**70}\n", "seed")
+yaml_unknown_schedule = _yaml_case("yaml_unknown_schedule", "learning_rate_schedule: linear\n", "learning_rate_schedule")
+yaml_negative_mode_candidates = _yaml_case("yaml_negative_mode_candidates", "mode_candidates: -2\n", "mode_candidates")
+
+
+def yaml_output_under_a_file(tmp):
+    path = config(tmp, VALID_YAML.replace("output: out", "output: p.star/out"))
+    return lambda: io.load_config(path), "dataset.yaml", "output"
+
+
+def yaml_output_broken_link(tmp):
+    path = config(tmp, VALID_YAML)
+    (tmp / "out").symlink_to(tmp / "missing" / "out")
+    return lambda: io.load_config(path), "dataset.yaml", "output"
+
+
 CASES = [
     truncated_mrcs, nan_image, inf_image_in_minibatch, non_square_mrc, not_an_mrc,
     star_missing_optics_group, star_missing_column, star_duplicate_column, star_non_numeric_field,
@@ -348,6 +466,13 @@ CASES = [
     yaml_unknown_model, yaml_not_a_mapping, yaml_python_tag, yaml_unknown_key, yaml_missing_required_key,
     yaml_missing_particles_file, yaml_wrong_type, yaml_bare_stack_without_poses, yaml_one_domain,
     yaml_negative_block_length, yaml_syntax_error,
+    star_negative_pixel_size, star_zero_pixel_size, star_amplitude_contrast_above_one,
+    star30_negative_amplitude_contrast, star_fractional_optics_group, star_nan_defocus, cs_negative_pixel_size,
+    cs_amplitude_contrast_above_one, cs_path_not_utf8, cryodrgn_ctf_amplitude_contrast_above_one,
+    mrc_negative_pixel_size, mrc_complex_images, yaml_duplicate_key, yaml_infinite_cutoff,
+    yaml_infinite_learning_rate, yaml_nan_spring_yield, yaml_negative_seed, yaml_seed_beyond_32_bits,
+    yaml_unknown_schedule, yaml_negative_mode_candidates,
+    yaml_output_under_a_file, yaml_output_broken_link,
 ]
 
 
@@ -375,3 +500,127 @@ def test_the_valid_inputs_behind_the_cases_load(tmp_path):
     poses = tmp_path / "poses.pkl"
     poses.write_bytes(pickle.dumps((np.broadcast_to(np.eye(3), (3, 3, 3)).copy(), np.zeros((3, 2))), protocol=5))
     assert io.load_particles(tmp_path / "s.mrcs", poses=poses).rotations.shape == (3, 3, 3)
+
+
+# Run-level cases: `python -m atomicspi.infer dataset.yaml` (called in-process) must exit with status 2
+# and one line, before anything is written. Every case fails before training starts.
+
+
+def reference(folder: pathlib.Path, n_residues=3, name="ref.pdb"):
+    """A Cα-only chain of `n_residues` alanines numbered from 1, 3.8 Å apart along x."""
+    lines = [
+        f"ATOM  {i:5d}  CA  ALA A{i:4d}    {3.8 * (i - (n_residues + 1) / 2):8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00           C"
+        for i in range(1, n_residues + 1)
+    ]
+    path = folder / name
+    path.write_text("\n".join(lines) + "\nEND\n")
+    return path
+
+
+def run_folder(tmp, yaml_text=VALID_YAML, values=None, optics_rows=None):
+    """stack + star + a 3-residue reference + dataset.yaml in `tmp`; returns the yaml."""
+    stack(tmp, values=values)
+    star(tmp, optics_rows=optics_rows)
+    reference(tmp)
+    path = tmp / "dataset.yaml"
+    path.write_text(yaml_text)
+    return path
+
+
+def zero_background_images(n=3, box=8):
+    """Noise inside the particle's circle, exactly zero outside (where the noise level is measured)."""
+    y, x = np.indices((box, box)) - box // 2
+    inside = np.hypot(x, y) <= 0.45 * box
+    return (np.random.default_rng(0).normal(size=(n, box, box)) * inside).astype(np.float32)
+
+
+def run_negative_pixel_size(tmp):
+    return run_folder(tmp, optics_rows=["1 og1 -1.5 8 300 2.7 0.1"]), "p.star", "rlnImagePixelSize"
+
+
+def run_zero_pixel_size(tmp):
+    return run_folder(tmp, optics_rows=["1 og1 0 8 300 2.7 0.1"]), "p.star", "rlnImagePixelSize"
+
+
+def run_amplitude_contrast_seven(tmp):
+    return run_folder(tmp, optics_rows=["1 og1 1.5 8 300 2.7 7"]), "p.star", "rlnAmplitudeContrast"
+
+
+def run_duplicate_key(tmp):
+    return run_folder(tmp, VALID_YAML + "output: elsewhere\n"), "dataset.yaml", "output"
+
+
+def run_domains_beyond_the_reference(tmp):
+    text = VALID_YAML.replace("model: nma", "model: domains") + "domains: [[[1, 2]], [[3, 5000]]]\n"
+    return run_folder(tmp, text), "ref.pdb", "domains"
+
+
+def run_overlapping_domains(tmp):
+    text = VALID_YAML.replace("model: nma", "model: domains") + "domains: [[[1, 2]], [[2, 3]]]\n"
+    return run_folder(tmp, text), "ref.pdb", "domains"
+
+
+def run_zero_background(tmp):
+    return run_folder(tmp, values=zero_background_images()), "p.star", "images"
+
+
+def run_blank_stack(tmp):
+    return run_folder(tmp, values=np.zeros((3, 8, 8), dtype=np.float32)), "p.star", "blank"
+
+
+RUN_CASES = [
+    run_negative_pixel_size, run_zero_pixel_size, run_amplitude_contrast_seven, run_duplicate_key,
+    run_domains_beyond_the_reference, run_overlapping_domains, run_zero_background, run_blank_stack,
+]
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c.__name__ for c in RUN_CASES])
+def test_bad_run_input_exits_2_with_one_line_and_creates_no_output(case, tmp_path, capsys):
+    from atomicspi import infer
+
+    path, file_name, field = case(tmp_path)
+    status = infer.main([str(path), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert file_name in lines[0] and field in lines[0], lines
+    assert not (tmp_path / "out").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_zero_background_is_refused_naming_the_images_field(tmp_path, capsys):
+    """A background without noise is not mistaken for a blank stack (and vice versa)."""
+    from atomicspi import infer
+
+    assert infer.main([str(run_zero_background(tmp_path)[0]), "--quiet"]) == 2
+    message = capsys.readouterr().err
+    assert "field images" in message and "background" in message and "blank" not in message
+
+
+def test_literal_nan_is_reported_as_a_non_finite_value_not_a_short_row(tmp_path):
+    action, _, _ = star_nan_defocus(tmp_path)
+    with pytest.raises(io.InputError, match="rlnDefocusU: row 2 of data_particles is 'nan', not a finite number"):
+        action()
+    action, _, _ = star_short_row(tmp_path)
+    with pytest.raises(io.InputError, match="short row"):
+        action()
+
+
+def test_output_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    """`run_inference` itself (the yaml check aside): a folder under a regular file cannot be made."""
+    import dataclasses
+
+    from atomicspi._pipeline import run_inference
+    from atomicspi._simulation import simulate_particles, write_simulated_dataset
+    from atomicspi.structure import load_structure
+
+    structure = load_structure(reference(tmp_path))
+    conformations = np.broadcast_to(structure.positions_in_angstroms, (8, structure.n_atoms, 3))
+    particles = simulate_particles(structure, conformations, 8, 1.5, 100.0, seed=0)
+    config = io.load_config(write_simulated_dataset(tmp_path / "data", structure, particles))
+    blocker = tmp_path / "data" / "blocker"
+    blocker.write_text("a regular file where the output's parent folder should be")
+    with pytest.raises(io.InputError) as raised:
+        run_inference(dataclasses.replace(config, output=blocker / "out"), progress=False)
+    message = str(raised.value)
+    assert "\n" not in message and "field output" in message and "blocker" in message
+    assert blocker.is_file() and not (tmp_path / "data" / "output").exists()

@@ -338,3 +338,45 @@ def test_decoder_with_a_basis_moves_inside_it_and_starts_along_projected_motions
         got = np.asarray(started(jnp.eye(3)[j]), dtype=float).ravel()
         projected = flat.T @ (flat @ directions[j].ravel())
         np.testing.assert_allclose(got, np.sqrt(variances[j]) * projected, atol=0.05 * np.sqrt(variances[j]) * np.linalg.norm(projected))
+
+
+def test_rigid_block_decoder_keeps_blocks_and_their_atoms_rigid(example_structure_path):
+    """With `rigid_blocks`, whatever the latent (large weights, turns of tens of degrees), every
+    block of beads moves rigidly together with the atoms of its residues (side chains turn with it):
+    all distances between the atoms of a block are kept; without it, the same coefficients added
+    as a linear field stretch them by Å. The bead displacements it returns are those of the moved beads."""
+    import equinox as eqx
+
+    from atomicspi.models import Decoder, decoded_structure
+    from atomicspi.structure import BlockRigidMotion, block_rigid_basis
+
+    structure = load_structure(example_structure_path)
+    structure = structure.with_positions(structure.positions_in_angstroms - structure.positions_in_angstroms.mean(axis=0))
+    image_model = make_image_model(structure.atomic_numbers, structure.b_factors_in_angstroms_squared, BOX, PIXEL)
+    context = build_model_context(structure, image_model, n_modes=3, options=ModelOptions(latent_dim=2))
+    beads = np.asarray(context.bead_positions_in_angstroms)
+    basis, blocks = block_rigid_basis(beads, 12), BlockRigidMotion(beads, 12)
+    rigid = Decoder(2, context.n_beads, jax.random.key(4), basis=basis, rigid_blocks=blocks)
+    rigid = eqx.tree_at(lambda d: d.linear.weight, rigid, jax.random.normal(jax.random.key(5), rigid.linear.weight.shape) * 8.0)
+    linear = eqx.tree_at(lambda d: d.rigid_blocks, rigid, None, is_leaf=lambda x: x is None)
+    z = jnp.array([1.3, -0.8])
+    block_of_atom = np.asarray(blocks.block_of_point)[np.asarray(context.atom_to_bead)]
+    reference = np.asarray(context.reference_positions_in_angstroms)
+
+    def largest_distance_change(positions):
+        change = 0.0
+        for block in range(blocks.n_blocks):
+            members = block_of_atom == block
+            before = np.linalg.norm(reference[members, None] - reference[None, members], axis=-1)
+            after = np.linalg.norm(positions[members, None] - positions[None, members], axis=-1)
+            change = max(change, float(np.max(np.abs(after - before))))
+        return change
+
+    displacements, atoms = decoded_structure(context, rigid, z)
+    _, stretched = decoded_structure(context, linear, z)
+    assert float(jnp.max(jnp.linalg.norm(displacements, axis=-1))) > 5.0  # large motions
+    assert largest_distance_change(np.asarray(atoms, dtype=float)) < 2e-3
+    assert largest_distance_change(np.asarray(stretched, dtype=float)) > 1.0
+    np.testing.assert_allclose(np.asarray(rigid(z)), np.asarray(displacements), atol=1e-4)
+    calpha_atoms = structure.topology.select("name CA and protein")  # the beads are the Cα atoms
+    np.testing.assert_allclose(np.asarray(atoms)[calpha_atoms], beads + np.asarray(displacements), atol=1e-3)

@@ -181,3 +181,39 @@ def test_block_rigid_basis_spans_rigid_domain_motions(x64, adk_calpha):
     mode_share = np.sum((modes @ difference) ** 2) / np.sum(difference**2)
     print(f"closed → open squared norm in 12-residue blocks {block_share:.3f}, in 30 modes {mode_share:.3f}")
     assert block_share > 0.9 and mode_share < block_share
+
+
+def test_block_rigid_motion_is_the_finite_rigid_motion_of_its_first_order_field(adk_calpha):
+    """Given the first-order field t + ω × (r − c) of each block (large turns, up to ~70°),
+    `BlockRigidMotion` moves every block by the finite motion c + t + R(ω)(r − c), R from scipy's
+    rotation vectors; the linear field itself stretches the turned blocks by Å. Its derivative at
+    zero is the identity on the blocks' span (to first order it is the field)."""
+    from atomicspi.structure import BlockRigidMotion, block_rigid_basis
+
+    closed, _ = adk_calpha
+    n = closed.shape[0]
+    blocks = BlockRigidMotion(closed, 12)
+    block_of_point = np.asarray(blocks.block_of_point)
+    assert blocks.n_blocks == -(-n // 12) and np.all(np.bincount(block_of_point)[:-1] == 12)
+    rng = np.random.default_rng(3)
+    omegas = rng.normal(size=(blocks.n_blocks, 3)) * 0.7
+    translations = rng.normal(size=(blocks.n_blocks, 3)) * 3.0
+    centroids = np.stack([closed[block_of_point == b].mean(axis=0) for b in range(blocks.n_blocks)])
+    arms = closed - centroids[block_of_point]
+    field = translations[block_of_point] + np.cross(omegas[block_of_point], arms)
+    rotations, got_translations = blocks.transforms(jnp.asarray(field, dtype=jnp.float32))
+    np.testing.assert_allclose(np.asarray(got_translations), translations, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(rotations), Rotation.from_rotvec(omegas).as_matrix(), atol=1e-5)
+    moved = np.asarray(blocks.move(jnp.asarray(closed, dtype=jnp.float32), blocks.block_of_point, rotations, got_translations))
+    expected = centroids[block_of_point] + translations[block_of_point] + np.einsum(
+        "nij,nj->ni", Rotation.from_rotvec(omegas[block_of_point]).as_matrix(), arms
+    )
+    np.testing.assert_allclose(moved, expected, atol=1e-3)
+    assert np.max(np.linalg.norm(closed + field - expected, axis=1)) > 2.0  # what the linear field would do
+
+    def displacement(u):
+        return blocks.move(blocks.positions_in_angstroms, blocks.block_of_point, *blocks.transforms(u)) - blocks.positions_in_angstroms
+
+    direction = jnp.asarray(block_rigid_basis(closed, 12)[17], dtype=jnp.float32)
+    tangent = jax.jvp(displacement, (jnp.zeros((n, 3)),), (direction,))[1]
+    np.testing.assert_allclose(np.asarray(tangent), np.asarray(direction), atol=1e-5)

@@ -14,6 +14,7 @@ POSE_MODES = ("given", "infer")
 COARSE_GRAININGS = ("calpha", "centroid")
 GUIDES = ("semi_amortized", "amortized")
 OUTPUT_ATOMS = ("heavy", "all")
+LEARNING_RATE_SCHEDULES = ("cosine", "constant")
 _PARTICLE_SUFFIXES = (".star", ".cs", ".mrcs", ".mrc")
 
 
@@ -35,9 +36,12 @@ class DatasetConfig:
     - `poses_file` (None): a cryoDRGN pose pickle; `ctf_file` (None): a cryoDRGN CTF pickle for
       a bare stack.
     - `datadir` (None): folder for the image paths named in the star/cs file.
-    - `batch_size` (64), `num_steps` (2000), `learning_rate` (1e-3), `seed` (0).
+    - `batch_size` (64), `num_steps` (2000), `learning_rate` (1e-3), `seed` (0; 0 ≤ seed < 2³²).
     - `per_particle_learning_rate` (None = 20 × learning_rate): Adam step of the semi-amortized
       guide's per-particle parameters, which see a gradient only once per epoch.
+    - `learning_rate_schedule` ("cosine"): `"cosine"` (both learning rates decay along a cosine to
+      1 % at `num_steps`, so that the decoder and the per-particle posteriors settle instead of
+      ending on the noise of the last minibatches) or `"constant"`.
     - `n_modes` (10): normal modes; `latent_dim` (4): latent dimensions of the deformation model.
     - `coarse_grain` ("calpha"): the beads of the elastic network, one per residue: `"calpha"` (at
       the Cα) or `"centroid"` (at the residue's centroid); every atom follows its residue's bead.
@@ -57,6 +61,11 @@ class DatasetConfig:
       particle's posterior draws from this many Laplace proposals
       (`atomicspi.inference.importance_resampled_draws`), where the effective sample size reaches half
       the draws. Costs about this many forward renders per particle after training.
+    - `mode_candidates` (8; 0 = off): with `model: deformation`, after training, move each
+      particle's q(z) to the best of this many population modes (k-means centres of the guide
+      means) where the model's posterior is higher there, then refine it
+      (`atomicspi.inference.relocated_modes`): a unimodal q fitted by local steps can stay in the
+      wrong state's basin.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
@@ -82,6 +91,7 @@ class DatasetConfig:
     num_steps: int = 2000
     learning_rate: float = 1e-3
     per_particle_learning_rate: float | None = None
+    learning_rate_schedule: str = "cosine"
     seed: int = 0
     n_modes: int = 10
     latent_dim: int = 4
@@ -96,6 +106,7 @@ class DatasetConfig:
     output_atoms: str = "heavy"
     spring_yield_in_angstroms: float | None = 1.0
     importance_proposals: int | None = None
+    mode_candidates: int = 8
     decoder_beads_per_block: int = 12
 
 
@@ -103,6 +114,36 @@ _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
 _POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count", "importance_proposals")
 _POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms", "spring_yield_in_angstroms")
+_SEED_LIMIT = 2**32  # seeds are 32-bit: 0 <= seed < 2**32
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice in the yaml: `key`, and the lines of its first and second appearance."""
+
+    def __init__(self, key, first_line: int, second_line: int):
+        super().__init__(f"key {key!r} appears twice")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping key given twice (PyYAML silently keeps the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first_line = lines.get(key)
+                except TypeError:  # an unhashable key: the SafeLoader reports it
+                    continue
+                line = key_node.start_mark.line + 1
+                if first_line is not None:
+                    raise _DuplicateKeyError(key, first_line, line)
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _domains(value, path: pathlib.Path):
@@ -135,7 +176,7 @@ def _domains(value, path: pathlib.Path):
 
 
 def load_config(path: str | os.PathLike) -> DatasetConfig:
-    """Read and validate `dataset.yaml` (with `yaml.safe_load`; no Python tags).
+    """Read and validate `dataset.yaml` (with a `yaml.SafeLoader` that also refuses repeated keys; no Python tags).
 
     **Arguments:**
 
@@ -144,13 +185,18 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
     **Returns:**
 
     A `DatasetConfig` with absolute paths. Raises `InputError` naming the file and the key for
-    unknown keys, missing required keys, wrong types or values, and missing input files.
+    unknown keys, keys given twice, missing required keys, wrong types or values (numbers must be
+    finite), and missing input files.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=_UniqueKeySafeLoader)  # a SafeLoader: no Python tags
+    except _DuplicateKeyError as error:
+        raise InputError(
+            f"{path}: field {error.key}: given twice (lines {error.first_line} and {error.second_line}); give it once"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -174,7 +220,8 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
             if not isinstance(values[key], str) or not values[key].strip():
                 raise InputError(f"{path}: field {key}: must be a path, got {values[key]!r}")
             values[key] = folder / pathlib.Path(values[key]).expanduser()
-    choices = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS, "output_atoms": OUTPUT_ATOMS, "guide": GUIDES}
+    choices = {"model": MODELS, "poses": POSE_MODES, "coarse_grain": COARSE_GRAININGS, "output_atoms": OUTPUT_ATOMS, "guide": GUIDES,
+               "learning_rate_schedule": LEARNING_RATE_SCHEDULES}
     for key, allowed in choices.items():
         if key in values and values[key] not in allowed:
             raise InputError(f"{path}: field {key}: {values[key]!r} is not one of {', '.join(allowed)}")
@@ -182,11 +229,13 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
         value = values.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{path}: field {key}: must be a positive integer, got {value!r}")
-    if "seed" in values and (isinstance(values["seed"], bool) or not isinstance(values["seed"], int)):
-        raise InputError(f"{path}: field seed: must be an integer, got {values['seed']!r}")
-    value = values.get("decoder_beads_per_block", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(f"{path}: field decoder_beads_per_block: must be a non-negative integer, got {value!r}")
+    seed = values.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _SEED_LIMIT:
+        raise InputError(f"{path}: field seed: must be an integer from 0 to {_SEED_LIMIT - 1}, got {seed!r}")
+    for key in ("decoder_beads_per_block", "mode_candidates"):
+        value = values.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{path}: field {key}: must be a non-negative integer, got {value!r}")
     for key in _POSITIVE_FLOATS:
         value = values.get(key)
         if value is not None:
@@ -212,7 +261,11 @@ def _check_files(config: DatasetConfig, path: pathlib.Path) -> None:
         raise InputError(f"{path}: field particles: {config.particles.name} is not a .star, .cs, .mrcs or .mrc file")
     if config.poses == "given" and config.particles.suffix.lower() in (".mrcs", ".mrc") and config.poses_file is None:
         raise InputError(f"{path}: field poses_file: required with poses: given and a bare stack as particles")
+    if config.output.parent.exists() and not config.output.parent.is_dir():
+        raise InputError(f"{path}: field output: {config.output.parent} is not a folder, so {config.output.name} cannot be created in it")
     if not config.output.parent.is_dir():
         raise InputError(f"{path}: field output: parent folder {config.output.parent} not found")
+    if config.output.is_symlink() and not config.output.exists():
+        raise InputError(f"{path}: field output: {config.output} is a symbolic link to a missing folder")
     if config.output.exists() and not config.output.is_dir():
         raise InputError(f"{path}: field output: {config.output} exists and is not a folder")

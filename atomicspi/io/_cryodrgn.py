@@ -153,4 +153,13 @@ def read_cryodrgn_ctf(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = pathlib.Path(path)
     array = _as_float_array(read_restricted_pickle(path), path, "ctf", (9,))
     names = ("box_size", "pixel_size_in_angstroms", *CTF_FIELDS)  # cryoDRGN's column order
-    return {name: array[:, column] for column, name in enumerate(names)}
+    table = {name: array[:, column] for column, name in enumerate(names)}
+    voltage, amplitude_contrast = table["voltage_in_kilovolts"], table["amplitude_contrast_ratio"]
+    for name, bad, wanted in (
+        ("voltage_in_kilovolts", ~(voltage > 0), "positive"),
+        ("amplitude_contrast_ratio", ~((amplitude_contrast >= 0) & (amplitude_contrast <= 1)), "between 0 and 1"),
+    ):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{path}: field {name} (column {names.index(name) + 1}): row {row + 1} is {table[name][row]:g}, not {wanted}")
+    return table

@@ -52,6 +52,28 @@ def _field(table: np.ndarray, name: str, path: pathlib.Path, width: int | None =
     return values
 
 
+def _whole_numbers(values: np.ndarray, path: pathlib.Path, name: str) -> np.ndarray:
+    """`values` (finite floats) that must be whole numbers, as they are (`1.7` is refused, not truncated)."""
+    fractional = values != np.round(values)
+    if fractional.any():
+        row = int(np.flatnonzero(fractional)[0])
+        raise InputError(f"{path}: field {name}: row {row + 1} is {values[row]:g}, not a whole number")
+    return values
+
+
+def _decoded(raw_paths: np.ndarray, path: pathlib.Path) -> np.ndarray:
+    """`blob/path` bytes as text, naming the first row that is not UTF-8."""
+    try:
+        return np.char.decode(raw_paths, "utf-8")
+    except UnicodeDecodeError:
+        for row, raw in enumerate(raw_paths.tolist()):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: field blob/path: row {row + 1} is not UTF-8 text ({raw!r})") from None
+        raise InputError(f"{path}: field blob/path: not UTF-8 text") from None
+
+
 def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = None) -> ParticleDataset:
     """Read a cryoSPARC particle `.cs` file without touching the image stacks.
 
@@ -74,7 +96,7 @@ def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = 
     raw_paths = table["blob/path"]
     if raw_paths.dtype.kind not in "SU":
         raise InputError(f"{path}: field blob/path: not text")
-    texts = np.char.decode(raw_paths, "utf-8") if raw_paths.dtype.kind == "S" else raw_paths
+    texts = _decoded(raw_paths, path) if raw_paths.dtype.kind == "S" else raw_paths
     texts = np.char.lstrip(texts.astype(str), ">")
     uniques, codes = np.unique(texts, return_inverse=True)
     stack_paths = []
@@ -82,7 +104,7 @@ def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = 
         relative = pathlib.Path(str(name))
         candidates = [base / relative, base / relative.name]
         stack_paths.append(next((c for c in candidates if c.exists()), candidates[0]))
-    indices = _field(table, "blob/idx", path)
+    indices = _whole_numbers(_field(table, "blob/idx", path), path, "blob/idx")
     if np.any(indices < 0):
         raise InputError(f"{path}: field blob/idx: negative index")
     images = ImageStacks(stack_paths, codes.reshape(-1), indices.astype(np.int64), path, "blob/path")
@@ -95,14 +117,23 @@ def read_cryosparc(path: str | os.PathLike, datadir: str | os.PathLike | None = 
         raise InputError(f"{path}: field blob/shape: images {distinct[0].tolist()} are not square")
     box_size = int(distinct[0, 0])
     pixel_sizes = _field(table, "blob/psize_A", path)
-    if np.ptp(pixel_sizes) > 1e-4 * abs(pixel_sizes[0]) or not pixel_sizes[0] > 0:
-        raise InputError(f"{path}: field blob/psize_A: pixel sizes differ or are not positive")
+    if not np.all(pixel_sizes > 0):
+        row = int(np.flatnonzero(~(pixel_sizes > 0))[0])
+        raise InputError(f"{path}: field blob/psize_A: row {row + 1} is {pixel_sizes[row]:g}, not a positive pixel size")
+    if np.ptp(pixel_sizes) > 1e-4 * abs(pixel_sizes[0]):
+        raise InputError(f"{path}: field blob/psize_A: particles disagree in pixel size ({np.min(pixel_sizes):g} to {np.max(pixel_sizes):g} Å)")
     pixel_size = float(pixel_sizes[0])
 
     ctf = None
-    labels = _field(table, "ctf/exp_group_id", path) if "ctf/exp_group_id" in table.dtype.names else np.ones(n)
+    labels = _whole_numbers(_field(table, "ctf/exp_group_id", path), path, "ctf/exp_group_id") if "ctf/exp_group_id" in table.dtype.names else np.ones(n)
     if any(name in table.dtype.names for name in _CTF_REQUIRED):
         values = {name: _field(table, name, path) for name in _CTF_REQUIRED}
+        outside = (values["ctf/amp_contrast"] < 0) | (values["ctf/amp_contrast"] > 1)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise InputError(f"{path}: field ctf/amp_contrast: row {row + 1} is {values['ctf/amp_contrast'][row]:g}, not between 0 and 1")
+        if np.any(values["ctf/accel_kv"] <= 0):
+            raise InputError(f"{path}: field ctf/accel_kv: row {int(np.flatnonzero(values['ctf/accel_kv'] <= 0)[0]) + 1} is not positive")
         phase = _field(table, "ctf/phase_shift_rad", path) if "ctf/phase_shift_rad" in table.dtype.names else np.zeros(n)
         ctf = {
             "defocus_u_in_angstroms": values["ctf/df1_A"],

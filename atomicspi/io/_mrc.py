@@ -48,8 +48,8 @@ def read_stack_header(path: str | os.PathLike) -> StackHeader:
 
     **Returns:**
 
-    A `StackHeader`. Raises `InputError` when the file is missing, is not MRC, holds non-square
-    images, or is shorter than its header says (truncated).
+    A `StackHeader`. Raises `InputError` when the file is missing, is not MRC, holds complex or
+    non-square images, gives a negative pixel size, or is shorter than its header says (truncated).
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -60,12 +60,15 @@ def read_stack_header(path: str | os.PathLike) -> StackHeader:
             with mrcfile.open(path, header_only=True, permissive=True) as handle:
                 header = handle.header
                 dtype = mrcfile.utils.data_dtype_from_header(header)
+                mode = int(header.mode)
                 nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
                 extended_bytes = int(header.nsymbt)
                 pixel_size = float(handle.voxel_size.x)
     except (ValueError, OSError, EOFError, TypeError, AttributeError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{path}: header: not a readable MRC file ({message})") from None
+    if dtype.kind == "c":
+        raise InputError(f"{path}: header: mode {mode} holds complex numbers (Fourier transforms?), not real-space images")
     if nx <= 0 or ny <= 0 or nz <= 0:
         raise InputError(f"{path}: header: dimensions nx={nx}, ny={ny}, nz={nz} are not positive")
     if nx != ny:
@@ -77,8 +80,10 @@ def read_stack_header(path: str | os.PathLike) -> StackHeader:
         raise InputError(
             f"{path}: data: file is truncated ({actual} bytes, header promises {nz} images of {nx}×{ny} = {expected} bytes)"
         )
-    if not np.isfinite(pixel_size) or pixel_size < 0:
+    if not np.isfinite(pixel_size):
         pixel_size = 0.0
+    if pixel_size < 0:
+        raise InputError(f"{path}: header: pixel size (voxel size) {pixel_size:g} Å is negative")
     return StackHeader(path, nz, nx, pixel_size, offset, dtype)
 
 

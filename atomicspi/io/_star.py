@@ -81,10 +81,60 @@ def _numeric(table: pd.DataFrame, column: str, path: pathlib.Path, block: str) -
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = raw.iloc[row]
-        if pd.isna(value):
+        if pd.isna(value):  # a short row, or a literal nan (the parser reads both as NaN): the file tells
+            written = _written_values(path, block, row)
+            position = list(table.columns).index(column)
+            if written is None:
+                raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} has no value or is NaN")
+            if position < len(written):
+                raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {written[position]!r}, not a finite number")
             raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} has no value (short row)")
         raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {str(value)!r}, not a finite number")
     return values
+
+
+def _integers(table: pd.DataFrame, column: str, path: pathlib.Path, block: str) -> np.ndarray:
+    """A column of whole numbers as int64 (`1.7` is refused, not truncated)."""
+    values = _numeric(table, column, path, block)
+    fractional = values != np.round(values)
+    if fractional.any():
+        row = int(np.flatnonzero(fractional)[0])
+        raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {values[row]:g}, not a whole number")
+    return values.astype(np.int64)
+
+
+def _check_range(
+    values: np.ndarray, path: pathlib.Path, column: str, block: str, low: float, high: float
+) -> np.ndarray:
+    """Refuse values outside [low, high], naming the first row that is."""
+    outside = (values < low) | (values > high)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise InputError(f"{path}: field {column}: row {row + 1} of data_{block} is {values[row]:g}, not between {low:g} and {high:g}")
+    return values
+
+
+def _written_values(path: pathlib.Path, block: str, row: int) -> list[str] | None:
+    """The values of data row `row` (from 0) of the loop in `data_<block>`, as written in the file
+    (whitespace-separated), or None when the row cannot be found (e.g. a block that is no loop)."""
+    in_block = in_loop = False
+    seen = 0
+    with open(path, errors="replace") as file:
+        for line in file:
+            text = line.strip()
+            if text.startswith("data_"):
+                if in_block:
+                    return None
+                in_block, in_loop = text == f"data_{block}", False
+            elif not in_block or not text or text.startswith("#"):
+                continue
+            elif text == "loop_":
+                in_loop = True
+            elif in_loop and not text.startswith("_"):
+                if seen == row:
+                    return text.split()
+                seen += 1
+    return None
 
 
 def _uniform(values: np.ndarray, path: pathlib.Path, field: str, what: str) -> float:
@@ -198,6 +248,8 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
         if np.isnan(pixel_sizes).any():
             raise InputError(f"{path}: field rlnImagePixelSize: missing from data_optics")
         pixel_size = _uniform(pixel_sizes, path, "rlnImagePixelSize", "pixel size between optics groups")
+        if not pixel_size > 0:
+            raise InputError(f"{path}: field rlnImagePixelSize: pixel size must be positive, got {pixel_size!r}")
         boxes = {groups[i].box_size for i in used}
         if len(boxes) > 1:
             raise InputError(f"{path}: field rlnImageSize: optics groups have different box sizes {sorted(boxes)}")
@@ -212,7 +264,7 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
         consumed = _PARTICLE_COLUMNS
     else:
         pixel_size = _pixel_size_30(table, path, block_name)
-        box_size = int(_uniform(_numeric(table, "rlnImageSize", path, block_name), path, "rlnImageSize", "box size")) if "rlnImageSize" in table.columns else None
+        box_size = int(_uniform(_integers(table, "rlnImageSize", path, block_name), path, "rlnImageSize", "box size")) if "rlnImageSize" in table.columns else None
         voltage = cs = q0 = None
         if has_ctf:
             voltage = _numeric(table, "rlnVoltage", path, block_name)
@@ -260,7 +312,7 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
 
 def _amplitude_contrast(table: pd.DataFrame, path: pathlib.Path, block: str) -> np.ndarray:
     if "rlnAmplitudeContrast" in table.columns:
-        return _numeric(table, "rlnAmplitudeContrast", path, block)
+        return _check_range(_numeric(table, "rlnAmplitudeContrast", path, block), path, "rlnAmplitudeContrast", block, 0.0, 1.0)
     warnings.warn(
         f"{path}: rlnAmplitudeContrast absent, using {DEFAULT_AMPLITUDE_CONTRAST}", stacklevel=3
     )
@@ -288,17 +340,15 @@ def _pixel_size_30(table: pd.DataFrame, path: pathlib.Path, block: str) -> float
 
 def _optics_groups_31(optics: pd.DataFrame, table: pd.DataFrame, path: pathlib.Path, block: str):
     optics = optics.reset_index(drop=True)
-    numbers = _numeric(optics, "rlnOpticsGroup", path, "optics").astype(np.int64)
+    numbers = _integers(optics, "rlnOpticsGroup", path, "optics")
     if len(set(numbers.tolist())) != len(numbers):
         raise InputError(f"{path}: field rlnOpticsGroup: optics group numbers repeat in data_optics")
     optional = lambda column: _numeric(optics, column, path, "optics") if column in optics.columns else np.full(len(optics), np.nan)  # noqa: E731
     pixel = optional("rlnImagePixelSize")
-    box = optional("rlnImageSize")
+    box = _integers(optics, "rlnImageSize", path, "optics").astype(np.float64) if "rlnImageSize" in optics.columns else np.full(len(optics), np.nan)
     voltage = optional("rlnVoltage")
     cs = optional("rlnSphericalAberration")
-    q0 = optional("rlnAmplitudeContrast") if "rlnAmplitudeContrast" in optics.columns else None
-    if q0 is None:
-        q0 = _amplitude_contrast(optics, path, "optics")
+    q0 = _amplitude_contrast(optics, path, "optics")
     tilt_x = optional("rlnBeamTiltX") if "rlnBeamTiltX" in optics.columns else np.zeros(len(optics))
     tilt_y = optional("rlnBeamTiltY") if "rlnBeamTiltY" in optics.columns else np.zeros(len(optics))
     extra_columns = [c for c in optics.columns if c not in _OPTICS_COLUMNS]
@@ -320,7 +370,7 @@ def _optics_groups_31(optics: pd.DataFrame, table: pd.DataFrame, path: pathlib.P
             )
         )
     if "rlnOpticsGroup" in table.columns:
-        labels = _numeric(table, "rlnOpticsGroup", path, block).astype(np.int64)
+        labels = _integers(table, "rlnOpticsGroup", path, block)
     elif len(groups) == 1:
         labels = np.full(len(table), groups[0].number)
     else:
