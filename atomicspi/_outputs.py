@@ -10,19 +10,51 @@ import numpy as np
 
 from atomicspi._quiet import quiet_c_stdout
 
-__all__ = ["write_ensemble", "write_posterior", "write_run_record", "plot_elbo", "plot_fits"]
+__all__ = ["EnsembleWriter", "write_ensemble", "write_posterior", "write_run_record", "plot_elbo", "plot_fits"]
+
+
+class EnsembleWriter:
+    """`topology.pdb` (the atoms the model moves), `ensemble_mean.dcd` (frame i = posterior mean of
+    particle i) and `ensemble_samples.dcd` (S draws per particle, particle-major), written a chunk of
+    particles at a time, so that memory does not grow with the number of particles.
+
+    Use as a context manager: `with EnsembleWriter(folder, structure) as writer: writer.append(...)`.
+    """
+
+    def __init__(self, folder: pathlib.Path, structure):
+        self.folder = pathlib.Path(folder)
+        self.structure = structure
+        self._files: list = []
+
+    def __enter__(self) -> "EnsembleWriter":
+        from mdtraj.formats import DCDTrajectoryFile
+
+        self.structure.to_mdtraj().save_pdb(str(self.folder / "topology.pdb"))
+        with quiet_c_stdout():  # mdtraj's DCD plugin (VMD's dcdplugin) prints to standard output
+            self._files = [
+                DCDTrajectoryFile(str(self.folder / name), "w", force_overwrite=True)
+                for name in ("ensemble_mean.dcd", "ensemble_samples.dcd")
+            ]
+        return self
+
+    def append(self, mean_positions, sample_positions) -> None:
+        """Append particles: means `(n, n_atoms, 3)` and draws `(n, S, n_atoms, 3)`, in Å (DCD's unit)."""
+        mean_file, sample_file = self._files
+        n_atoms = self.structure.n_atoms
+        with quiet_c_stdout():
+            mean_file.write(np.asarray(mean_positions, dtype=np.float32).reshape(-1, n_atoms, 3))
+            sample_file.write(np.asarray(sample_positions, dtype=np.float32).reshape(-1, n_atoms, 3))
+
+    def __exit__(self, *exception) -> None:
+        with quiet_c_stdout():
+            for file in self._files:
+                file.close()
 
 
 def write_ensemble(folder: pathlib.Path, structure, mean_positions, sample_positions) -> None:
-    """`topology.pdb` (the atoms the model moves), `ensemble_mean.dcd` (frame i = posterior mean of
-    particle i) and `ensemble_samples.dcd` (S draws per particle, particle-major)."""
-    structure.to_mdtraj().save_pdb(str(folder / "topology.pdb"))
-    n_particles, n_samples = sample_positions.shape[:2]
-    with quiet_c_stdout():  # mdtraj's DCD plugin (VMD's dcdplugin) prints to standard output
-        structure.to_mdtraj(mean_positions).save_dcd(str(folder / "ensemble_mean.dcd"))
-        structure.to_mdtraj(sample_positions.reshape(n_particles * n_samples, -1, 3)).save_dcd(
-            str(folder / "ensemble_samples.dcd")
-        )
+    """`EnsembleWriter`'s three files at once, for positions already in memory."""
+    with EnsembleWriter(folder, structure) as writer:
+        writer.append(mean_positions, sample_positions)
 
 
 UNITS = {"amplitudes": "Å", "shift_correction": "Å", "rotation_correction": "rad", "spring_constant": "kT/Å²"}

@@ -1,55 +1,29 @@
-"""One inference run, files → dataset → model → guide → posterior → products."""
+"""One inference run, files → dataset → model → guide → posterior → products, in stages:
+`prepare` (every check, before any output exists) → `set_up` → `train` → `draw` → `write` →
+products. What differs between model families is in their `atomicspi._families` entries."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import pathlib
 import platform
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["run_inference"]
+from atomicspi._batches import ctf_parameters, flat_batch, ordered_batches, with_ctf_parameters
+from atomicspi._families import FAMILIES, FittedModel, ModelFamily
+
+__all__ = ["Prepared", "Posterior", "SetUp", "draw", "prepare", "run_inference", "set_up", "train", "write", "write_particles_star"]
 
 _FIT_PARTICLES_SHOWN = 4
-
-
-def _flat_batch(batch) -> dict:
-    """A `ParticleBatch` as the flat dict of float32 arrays the training loop streams."""
-    from atomicspi.io import CTF_FIELDS
-
-    flat = {
-        "indices": np.asarray(batch.indices),
-        "images": np.asarray(batch.images, dtype=np.float32),
-        "rotations": np.asarray(batch.rotations, dtype=np.float32),
-        "shifts_in_angstroms": np.asarray(batch.shifts_in_angstroms, dtype=np.float32),
-    }
-    flat.update({name: np.asarray(batch.ctf[name], dtype=np.float32) for name in CTF_FIELDS})
-    return flat
-
-
-def _ctf_parameters(fields: dict, count: int | None = None):
-    """`CTFParameters` from the dataset's CTF arrays (named as `CTF_FIELDS`), the first `count` of each."""
-    from atomicspi.io import CTF_FIELDS
-    from atomicspi.microscope import CTFParameters
-
-    return CTFParameters(**{name: jnp.asarray(fields[name][:count], dtype=jnp.float32) for name in CTF_FIELDS})
-
-
-def _with_ctf_parameters(function):
-    """Adapt a model or guide to the flat batch: gather the CTF fields into `CTFParameters`."""
-    from atomicspi.io import CTF_FIELDS
-
-    def adapted(**arguments):
-        fields = {name: arguments.pop(name) for name in CTF_FIELDS}
-        return function(ctf=_ctf_parameters(fields), **arguments)
-
-    adapted.__name__ = getattr(function, "__name__", "function")
-    return adapted
+_ctf_parameters, _ordered_batches = ctf_parameters, ordered_batches  # the names bench/ imports
 
 
 _SETTINGS_ADDED_LATER = ("importance_proposals",)
@@ -58,7 +32,7 @@ _SETTINGS_ADDED_LATER = ("importance_proposals",)
 def _hashable_configuration(config) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     settings = dataclasses.asdict(config)
-    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates"):
+    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "yaml_path"):
         settings.pop(name, None)
     if settings.get("learning_rate_schedule") == "constant":  # else the schedule depends on num_steps
         settings.pop("num_steps", None)
@@ -66,15 +40,6 @@ def _hashable_configuration(config) -> dict:
         if settings.get(name) is None:
             settings.pop(name, None)
     return {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in settings.items()}
-
-
-def _ordered_batches(dataset, batch_size: int):
-    """Minibatches in input order (the last one padded by repeating its final particle)."""
-    n = len(dataset)
-    for start in range(0, n, batch_size):
-        indices = np.arange(start, min(start + batch_size, n))
-        padded = np.concatenate([indices, np.full(batch_size - len(indices), indices[-1])])
-        yield len(indices), _flat_batch(dataset.batch(padded))
 
 
 def _estimate_noise_std(dataset, n_images: int = 256) -> float:
@@ -95,7 +60,7 @@ def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> f
 
     batch = dataset.batch(np.arange(min(n_images, len(dataset))))
     n = len(batch.indices)
-    ctf = _ctf_parameters(batch.ctf)
+    ctf = ctf_parameters(batch.ctf)
     positions = jnp.broadcast_to(jnp.asarray(structure.positions_in_angstroms, dtype=jnp.float32), (n, structure.n_atoms, 3))
     predicted = np.asarray(
         render_images(image_model, positions, jnp.asarray(batch.rotations, dtype=jnp.float32),
@@ -104,62 +69,6 @@ def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> f
     images = np.asarray(batch.images, dtype=float)
     images = images - images.mean(axis=(1, 2), keepdims=True)
     return float(np.sum(images * predicted) / np.sum(predicted * predicted))
-
-
-_DECODED_STRUCTURES_PER_CHUNK = 2048
-
-
-def _positions_from_draws(model_name, context, draws, decoder):
-    """Atom positions for per-particle draws: `(n_particles, n_samples, n_atoms, 3)`."""
-    from atomicspi.models import deformation_positions, domain_positions, nma_positions
-
-    if model_name == "domains":
-        return jax.jit(functools.partial(domain_positions, context))(
-            jnp.asarray(draws["domain_motion"]), jnp.asarray(draws["amplitudes"])
-        )
-    if model_name == "nma":
-        return jax.jit(functools.partial(nma_positions, context))(jnp.asarray(draws["amplitudes"]))
-    if model_name == "deformation":
-        # In chunks of particles: decoding every draw at once held several copies of
-        # particles × draws × atoms × 3 floats (10 GB peak for 2,000 × 20 draws of AdK).
-        decode = jax.jit(functools.partial(deformation_positions, context, decoder))
-        z = np.asarray(draws["z"])
-        chunk = max(1, _DECODED_STRUCTURES_PER_CHUNK // z.shape[1])
-        return np.concatenate([np.asarray(decode(jnp.asarray(z[start : start + chunk]))) for start in range(0, len(z), chunk)])
-    raise AssertionError(model_name)
-
-
-_LINEAR_START_PARTICLES = 1024
-
-
-def _linear_start(dataset, context, decoder):
-    """Start the deformation decoder along the population's principal motions (EM for a
-    linear-Gaussian model of the images in mode space, `atomicspi.inference.principal_motions`), and
-    centre the spring-constant hyperprior where the elastic network's Boltzmann spread along the
-    main motion equals its estimated variance."""
-    from atomicspi.inference import principal_motions
-    from atomicspi.models import decoder_along_motions, spring_constant_for_spread
-
-    started = time.perf_counter()
-    batch = dataset.batch(np.arange(min(_LINEAR_START_PARTICLES, len(dataset))))
-    resolution = max(12.0, 4.0 * dataset.pixel_size_in_angstroms)
-    motions = principal_motions(
-        context, np.asarray(batch.images, dtype=np.float32), np.asarray(batch.rotations),
-        np.asarray(batch.shifts_in_angstroms), _ctf_parameters(batch.ctf), context.options.contrast_guess,
-        context.options.noise_std_guess, context.options.latent_dim, resolution_in_angstroms=resolution,
-    )
-    decoder = decoder_along_motions(decoder, motions.directions, motions.variances_in_angstroms_squared)
-    spring_constant = spring_constant_for_spread(context, motions.directions[0], motions.variances_in_angstroms_squared[0])
-    options = dataclasses.replace(context.options, spring_constant_guess=spring_constant)
-    context = dataclasses.replace(context, options=options)
-    record = {
-        "seconds": time.perf_counter() - started,
-        "particles": len(batch.indices),
-        "resolution_in_angstroms": resolution,
-        "variances_in_angstroms_squared": motions.variances_in_angstroms_squared.tolist(),
-        "spring_constant_guess": spring_constant,
-    }
-    return decoder, context, record
 
 
 def _check_domains(config, structure) -> None:
@@ -209,36 +118,47 @@ def _refuse_noiseless_images(config, dataset) -> None:
     )
 
 
-def run_inference(config, resume: bool = False, progress: bool = True) -> pathlib.Path:
-    """Run the inference described by a validated `DatasetConfig` and write its output folder.
+class Prepared(NamedTuple):
+    """A validated run's inputs: the particles, the reference, the image model, the noise and
+    contrast estimated from the images, and the (now existing) output folder."""
 
-    **Returns:** the output folder, holding `topology.pdb`, `ensemble_mean.dcd`,
-    `ensemble_samples.dcd`, `posterior.nc`, `run.json`, `elbo.png`, `fits.png`, and the landscape
-    products.
+    dataset: Any
+    structure: Any
+    image_model: Any
+    noise_std: float
+    contrast: float
+    output: pathlib.Path
+
+
+class SetUp(NamedTuple):
+    """The family's model and guide ready to train, with their keyword arguments."""
+
+    family: ModelFamily
+    model: Any
+    guide: Any
+    model_arguments: dict[str, Any]
+    diagnostics: dict[str, Any]
+
+
+class Posterior(NamedTuple):
+    """Per-particle draws (input order), global draws, the family's function from particle indices
+    to atom positions (`ModelFamily.positions`), and diagnostics."""
+
+    local: dict[str, np.ndarray]
+    global_: dict[str, np.ndarray]
+    positions: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    diagnostics: dict[str, Any]
+
+
+def prepare(config) -> Prepared:
+    """Load and check everything a run needs; create the output folder only once all checks pass.
+
+    **Raises:** `InputError` (one line naming the file and field) for input that cannot be fitted.
     """
-    import equinox as eqx
-
-    from atomicspi import __version__
-    from atomicspi._outputs import plot_elbo, plot_fits, write_ensemble, write_posterior, write_run_record
-    from atomicspi.inference import (
-        AmortizedGuide,
-        draw_posterior,
-        fit,
-        importance_resampled_draws,
-        latent_information,
-        make_batch_mesh,
-        make_epoch_minibatches,
-        make_optimizer,
-        make_svi,
-        relocated_modes,
-    )
     from atomicspi.io import InputError, load_particles
     from atomicspi.microscope import make_image_model
-    from atomicspi.models import MODELS, Decoder, ModelOptions, build_model_context, render_images
-    from atomicspi.structure import BlockRigidMotion, block_rigid_basis, load_structure
+    from atomicspi.structure import load_structure
 
-    timings, diagnostics = {}, {}
-    started = time.perf_counter()
     dataset = load_particles(config.particles, poses=config.poses_file, datadir=config.datadir, ctf=config.ctf_file)
     if config.n_particles is not None:
         dataset = dataset.subset(np.arange(min(config.n_particles, len(dataset))))
@@ -249,9 +169,10 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
     structure = load_structure(config.reference)
     if isinstance(config.domains, tuple):
         _check_domains(config, structure)
-    image_model = make_image_model(
-        structure.atomic_numbers, structure.b_factors_in_angstroms_squared, dataset.box_size, dataset.pixel_size_in_angstroms
-    )
+    box_size, pixel_size = dataset.box_size, dataset.pixel_size_in_angstroms
+    if box_size is None or pixel_size is None:  # load_particles checks the stacks, so this is an internal error
+        raise AssertionError(f"{config.particles}: no box or pixel size after loading")
+    image_model = make_image_model(structure.atomic_numbers, structure.b_factors_in_angstroms_squared, box_size, pixel_size)
     noise_std = _estimate_noise_std(dataset)
     if not noise_std > 0:
         _refuse_noiseless_images(config, dataset)
@@ -262,108 +183,102 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
             "projected at their poses: is the contrast inverted (protein must be bright), or are the poses or "
             "the reference's frame wrong?"
         )
+    batch_size = min(config.batch_size, len(dataset))
+    if config.device_count is not None and (config.device_count > len(jax.local_devices()) or batch_size % config.device_count):
+        raise InputError(
+            f"{config.yaml_path or 'dataset.yaml'}: field device_count: {config.device_count} devices for minibatches of {batch_size} "
+            f"({len(jax.local_devices())} local devices; the batch size must be a multiple of the device count)"
+        )
     output = pathlib.Path(config.output)  # created only once every check above has passed
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{output}: field output: cannot create the folder ({error.strerror or error})") from None
+    return Prepared(dataset, structure, image_model, noise_std, contrast, output)
+
+
+def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
+    """The model context, the family's extras (`ModelFamily.set_up`) and the amortized guide."""
+    from atomicspi.inference import AmortizedGuide
+    from atomicspi.models import ModelOptions, build_model_context
 
     options = ModelOptions(
-        contrast_guess=contrast,
-        noise_std_guess=noise_std,
+        contrast_guess=prepared.contrast,
+        noise_std_guess=prepared.noise_std,
         refine_poses=config.poses == "infer",
         latent_dim=config.latent_dim,
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
     )
     context = build_model_context(
-        structure, image_model, config.n_modes, config.cutoff_in_angstroms, options, coarse_grain=config.coarse_grain,
-        domain_residue_ranges=config.domains if config.model in ("domains", "deformation") else None,
+        prepared.structure, prepared.image_model, config.n_modes, config.cutoff_in_angstroms, options,
+        coarse_grain=config.coarse_grain, domain_residue_ranges=config.domains if family.uses_domains else None,
     )
-    key = jax.random.key(config.seed)
-    model = MODELS[config.model]
-    model_arguments = {"context": context, "n_particles": len(dataset)}
-    decoder = None
-    if config.model == "deformation":
-        basis = blocks = None
-        if config.decoder_beads_per_block:
-            beads = np.asarray(context.bead_positions_in_angstroms)
-            basis = block_rigid_basis(beads, config.decoder_beads_per_block)
-            blocks = BlockRigidMotion(beads, config.decoder_beads_per_block)
-        decoder = Decoder(options.latent_dim, context.n_beads, jax.random.fold_in(key, 1), basis=basis, rigid_blocks=blocks)
-        if not config.domains:  # no hinges given: start from the motions the images show
-            decoder, context, diagnostics["linear_start"] = _linear_start(dataset, context, decoder)
-        model_arguments["decoder"] = decoder
-        model_arguments["context"] = context
+    context, extra_arguments, diagnostics = family.set_up(config, prepared.dataset, context, key=jax.random.fold_in(key, 1))
     guide = AmortizedGuide(
-        config.model, context, dataset.box_size, jax.random.fold_in(key, 2),
-        per_particle_offsets=config.guide == "semi_amortized",
+        family.local_sites(context), context, prepared.dataset.box_size, key=jax.random.fold_in(key, 2),
+        global_sites=family.global_sites(context), per_particle_offsets=config.guide == "semi_amortized",
     )
-    timings["setup_seconds"] = time.perf_counter() - started
+    model_arguments = {"context": context, "n_particles": len(prepared.dataset), **extra_arguments}
+    return SetUp(family, with_ctf_parameters(family.model), guide, model_arguments, diagnostics)
 
-    batch_size = min(config.batch_size, len(dataset))
+
+def _device_count(config, batch_size: int) -> int:
+    """Devices to split minibatches over: `device_count`, or by default the most local devices that
+    divide the batch evenly (all of them for the usual powers of two)."""
+    if config.device_count is not None:
+        return config.device_count
+    available = len(jax.local_devices())
+    return max(count for count in range(1, available + 1) if batch_size % count == 0)
+
+
+def train(config, prepared: Prepared, setup: SetUp, *, resume: bool, progress: bool):
+    """SVI on shuffled minibatches (`atomicspi.inference.fit`), checkpointed in the output folder.
+
+    **Returns:** the `FitResult`.
+    """
+    from atomicspi.inference import fit, make_batch_mesh, make_epoch_minibatches, make_optimizer, make_svi
+
+    dataset = prepared.dataset
     batches = make_epoch_minibatches(
-        lambda indices: {k: v for k, v in _flat_batch(dataset.batch(indices)).items() if k != "indices"},
-        len(dataset), batch_size, config.seed,
+        lambda indices: {k: v for k, v in flat_batch(dataset.batch(indices)).items() if k != "indices"},
+        len(dataset), min(config.batch_size, len(dataset)), config.seed,
     )
-    model = _with_ctf_parameters(model)
-    guide_function = _with_ctf_parameters(guide)
     optimizer = make_optimizer(
         config.learning_rate, config.per_particle_learning_rate,
         decay_steps=config.num_steps if config.learning_rate_schedule == "cosine" else None,
     )
-    svi = make_svi(model, guide_function, optimizer, **model_arguments)
-    mesh = make_batch_mesh(jax.devices()[: config.device_count]) if (config.device_count or 1) > 1 else None
-    started = time.perf_counter()
-    result = fit(
+    svi = make_svi(setup.model, with_ctf_parameters(setup.guide), optimizer, **setup.model_arguments)
+    devices = jax.local_devices()[: _device_count(config, min(config.batch_size, len(dataset)))]
+    mesh = make_batch_mesh(devices) if len(devices) > 1 else None
+    return fit(
         svi, batches, config.num_steps, seed=config.seed,
-        checkpoint_path=output / "checkpoint.npz", checkpoint_every=config.checkpoint_every,
+        checkpoint_path=prepared.output / "checkpoint.npz", checkpoint_every=config.checkpoint_every,
         resume=resume, mesh=mesh, configuration=_hashable_configuration(config), progress=progress,
     )
-    timings["training_seconds"] = time.perf_counter() - started
-    params = result.parameters
 
-    started = time.perf_counter()
-    local_sites = list(guide.local_sizes)
-    ordered = list(_ordered_batches(dataset, batch_size))
+
+def draw(config, prepared: Prepared, setup: SetUp, parameters: dict, *, key) -> Posterior:
+    """Posterior draws from the guide in input order and the family's corrections to them
+    (`ModelFamily.refined_draws`). Images are read from the stack a minibatch at a time."""
+    from atomicspi.inference import draw_posterior, latent_information
+
+    dataset = prepared.dataset
+    batch_size = min(config.batch_size, len(dataset))
+
+    def ordered():
+        return ordered_batches(dataset, batch_size)
+
+    guide = with_ctf_parameters(setup.guide)
+    local_sites = list(setup.guide.local_sizes)
     local, global_ = draw_posterior(
-        guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
-        jax.random.fold_in(key, 3), model_arguments, local_sites,
+        guide, parameters, (batch for _, batch in ordered()), config.samples_per_particle,
+        key=jax.random.fold_in(key, 3), model_arguments=setup.model_arguments, local_sites=local_sites,
     )
-    resampled_particles = None
-    if config.model == "deformation" and config.importance_proposals:
-        # The mean-field q(z) ignores correlations between latent dimensions: where importance
-        # weights against the model's own posterior are reliable (an effective sample size of at
-        # least half the draws), those draws replace the guide's.
-        resampled, effective_sample_sizes = importance_resampled_draws(
-            model, guide_function, params, (batch for _, batch in ordered), config.samples_per_particle,
-            jax.random.fold_in(key, 4), model_arguments, local_sites, n_proposals=config.importance_proposals,
-        )
-        resampled_particles = effective_sample_sizes >= 0.5 * config.samples_per_particle
-        for name, values in resampled.items():
-            local[name] = np.where(resampled_particles.reshape(-1, *([1] * (values.ndim - 1))), values, local[name])
-    counts = [count for count, _ in ordered]
+    counts = [min(batch_size, len(dataset) - start) for start in range(0, len(dataset), batch_size)]
     keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
     local = {name: values[keep] for name, values in local.items()}
-    if config.model == "deformation" and config.mode_candidates:
-        # Particles whose unimodal q(z) stayed in the wrong basin move to the better mode.
-        shifts, relocated, gains = relocated_modes(
-            model, guide_function, params, lambda: ordered, jax.random.fold_in(key, 5), model_arguments,
-            n_candidates=config.mode_candidates,
-        )
-        local["z"] = local["z"] + shifts[:, None, :].astype(local["z"].dtype)
-        diagnostics["relocated_modes"] = {
-            "candidates": config.mode_candidates,
-            "share_of_particles_relocated": float(np.mean(relocated)),
-            "median_log_joint_gain_in_nats": float(np.median(gains[relocated])) if np.any(relocated) else 0.0,
-        }
-    if resampled_particles is not None:
-        effective_sample_sizes, resampled_particles = effective_sample_sizes[keep], resampled_particles[keep]
-        diagnostics["importance_resampling"] = {
-            "proposals_per_particle": config.importance_proposals,
-            "effective_sample_size_median": float(np.median(effective_sample_sizes)),
-            "effective_sample_size_10th_percentile": float(np.percentile(effective_sample_sizes, 10)),
-            "share_of_particles_resampled": float(np.mean(resampled_particles)),
-        }
+    fitted = FittedModel(setup.model, guide, parameters, setup.model_arguments, ordered, keep)
+    local, diagnostics = setup.family.refined_draws(config, fitted, local, key=key)
     if "z" in local:
         diagnostics["latent_information"] = latent_information(local["z"])
         if diagnostics["latent_information"]["active_dimensions"] == 0:
@@ -371,59 +286,138 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
                 "warning: posterior collapse: no latent dimension varies between particles (run.json: "
                 "latent_information); the images did not inform the conformations", file=sys.stderr,
             )
+    return Posterior(local, global_, setup.family.positions(fitted, local, global_), diagnostics)
 
-    if config.model == "homogeneous":
-        displacement = np.asarray(params["displacement_loc"])
-        mean_structure = np.asarray(context.atoms_from_bead_displacements(jnp.asarray(displacement)))
-        mean_positions = np.broadcast_to(mean_structure, (len(dataset), *mean_structure.shape))
-        sample_positions = np.asarray(
-            jax.vmap(context.atoms_from_bead_displacements)(jnp.asarray(global_["displacement"]))
-        )
-        sample_positions = np.broadcast_to(sample_positions[None], (len(dataset), *sample_positions.shape))
-    else:
-        if decoder is not None:  # the fitted decoder: learned weights, the initial module's structure
-            decoder = eqx.combine(params["decoder$params"], eqx.partition(decoder, eqx.is_inexact_array)[1])
-        sample_positions = np.asarray(_positions_from_draws(config.model, context, local, decoder))
-        mean_positions = sample_positions.mean(axis=1)
+
+_STRUCTURES_PER_CHUNK = 2048  # structures decoded and written at a time (82 MB for all-atom AdK)
+
+
+def write(config, prepared: Prepared, posterior: Posterior) -> None:
+    """`topology.pdb`, the ensembles (`ensemble_mean.dcd`, `ensemble_samples.dcd`, appended a chunk
+    of particles at a time) and `posterior.nc`."""
+    from atomicspi._outputs import EnsembleWriter, write_posterior
+
+    structure = prepared.structure
     atom_indices = np.flatnonzero(structure.atomic_numbers != 1) if config.output_atoms == "heavy" else np.arange(structure.n_atoms)
-    write_ensemble(output, structure.take(atom_indices), mean_positions[:, atom_indices], sample_positions[:, :, atom_indices])
-    write_posterior(output / "posterior.nc", local, global_)
-    timings["posterior_seconds"] = time.perf_counter() - started
+    n_particles = len(prepared.dataset)
+    chunk = max(1, _STRUCTURES_PER_CHUNK // config.samples_per_particle)
+    with EnsembleWriter(prepared.output, structure.take(atom_indices)) as writer:
+        for start in range(0, n_particles, chunk):
+            means, samples = posterior.positions(np.arange(start, min(start + chunk, n_particles)))
+            writer.append(means[:, atom_indices], samples[:, :, atom_indices])
+    write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_)
 
-    plot_elbo(output / "elbo.png", -result.elbo_history)
-    _, first = ordered[0]
-    shown = min(_FIT_PARTICLES_SHOWN, counts[0])
-    ctf = _ctf_parameters(first, shown)
+
+def _write_figures(config, prepared: Prepared, posterior: Posterior, elbo_history) -> None:
+    """`elbo.png`, and `fits.png`: the first particles beside their posterior-mean images."""
+    from atomicspi._outputs import plot_elbo, plot_fits
+    from atomicspi.models import render_images
+
+    plot_elbo(prepared.output / "elbo.png", -elbo_history)
+    shown = min(_FIT_PARTICLES_SHOWN, len(prepared.dataset))
+    first = flat_batch(prepared.dataset.batch(np.arange(shown)))
+    means, _ = posterior.positions(np.arange(shown))
     rendered = render_images(
-        image_model, jnp.asarray(mean_positions[:shown], dtype=jnp.float32), jnp.asarray(first["rotations"][:shown]),
-        jnp.asarray(first["shifts_in_angstroms"][:shown]), ctf,
+        prepared.image_model, jnp.asarray(means, dtype=jnp.float32), jnp.asarray(first["rotations"]),
+        jnp.asarray(first["shifts_in_angstroms"]), ctf_parameters(first),
     )
-    images = np.asarray(first["images"][:shown])
+    local = posterior.local
     contrast = np.median(local["contrast"][:shown], axis=1) if "contrast" in local else np.ones(shown)
-    plot_fits(output / "fits.png", images, np.asarray(rendered) * contrast[:, None, None], dataset.pixel_size_in_angstroms)
+    plot_fits(
+        prepared.output / "fits.png", np.asarray(first["images"]), np.asarray(rendered) * contrast[:, None, None],
+        prepared.dataset.pixel_size_in_angstroms,
+    )
 
-    record = {
+
+def _run_record(config, prepared: Prepared, result, posterior: Posterior, diagnostics: dict, timings: dict) -> dict:
+    """What `run.json` holds: settings, versions, machine, timings and diagnostics."""
+    from atomicspi import __version__
+
+    return {
         "config": dataclasses.asdict(config),
         "versions": {"atomicspi": __version__, "jax": jax.__version__, "python": platform.python_version()},
         "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()]},
-        "n_particles": len(dataset),
-        "box_size": dataset.box_size,
-        "pixel_size_in_angstroms": dataset.pixel_size_in_angstroms,
+        "n_particles": len(prepared.dataset),
+        "box_size": prepared.dataset.box_size,
+        "pixel_size_in_angstroms": prepared.dataset.pixel_size_in_angstroms,
         "samples_per_particle": config.samples_per_particle,
         "output_atoms": config.output_atoms,
         "timings": timings,
         "images_per_second": result.images_per_second,
         "final_elbo": float(np.nanmean(result.elbo_history[-max(1, len(result.elbo_history) // 20):])),
         "skipped_steps": int(result.state.skipped_steps),
-        "global_posterior_means": {name: np.asarray(v).mean(axis=0) for name, v in global_.items()},
+        "global_posterior_means": {name: np.asarray(v).mean(axis=0) for name, v in posterior.global_.items()},
         **diagnostics,
     }
-    write_run_record(output / "run.json", record)
-    if config.model != "homogeneous":
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def write_particles_star(config, prepared: Prepared, posterior: Posterior) -> None:
+    """`particles.star`: for a RELION input, its tables with each particle's posterior summaries as
+    extra columns, in input order: per local site, entry k's mean and standard deviation over the
+    draws (`atomicspiZ1`, `atomicspiZ1StandardDeviation`, ...); with a landscape, the coordinates'
+    (`atomicspiCoordinate1`, ...) and the most probable state of `states.json` with its probability
+    (`atomicspiState`, −1 for none; `atomicspiStateProbability`)."""
+    from atomicspi.io import write_star_with_columns
+
+    if pathlib.Path(config.particles).suffix != ".star":
+        return
+    columns = {}
+    for name, values in posterior.local.items():
+        flat = np.asarray(values, dtype=np.float64).reshape(values.shape[0], values.shape[1], -1)
+        for k in range(flat.shape[-1]):
+            columns[f"atomicspi{_camel(name)}{k + 1}"] = flat[:, :, k].mean(axis=1)
+            columns[f"atomicspi{_camel(name)}{k + 1}StandardDeviation"] = flat[:, :, k].std(axis=1, ddof=1) if flat.shape[1] > 1 else 0.0 * flat[:, 0, k]
+    landscape = prepared.output / "landscape.npz"
+    if landscape.is_file():
+        with np.load(landscape) as arrays:
+            for k in range(arrays["particle_coordinate_mean"].shape[1]):
+                columns[f"atomicspiCoordinate{k + 1}"] = arrays["particle_coordinate_mean"][:, k]
+                columns[f"atomicspiCoordinate{k + 1}StandardDeviation"] = arrays["particle_coordinate_standard_deviation"][:, k]
+            state = arrays["particle_state"]
+            probabilities = arrays["particle_state_probabilities"]
+            columns["atomicspiState"] = state
+            columns["atomicspiStateProbability"] = np.where(state >= 0, probabilities[np.arange(len(state)), np.maximum(state, 0)], 0.0)
+    write_star_with_columns(config.particles, prepared.output / "particles.star", columns, datadir=config.datadir)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+
+
+def run_inference(config, resume: bool = False, progress: bool = True) -> pathlib.Path:
+    """Run the inference described by a validated `DatasetConfig` and write its output folder.
+
+    **Returns:** the output folder, holding `topology.pdb`, `ensemble_mean.dcd`,
+    `ensemble_samples.dcd`, `posterior.nc`, `run.json`, `elbo.png`, `fits.png`, the landscape
+    products, and for a RELION input `particles.star` (its tables with posterior summaries).
+    """
+    from atomicspi._outputs import write_run_record
+
+    family, key = FAMILIES[config.model], jax.random.key(config.seed)
+    timings: dict[str, float] = {}
+    with _timed(timings, "setup_seconds"):
+        prepared = prepare(config)
+        setup = set_up(config, prepared, family, key=key)
+    with _timed(timings, "training_seconds"):
+        result = train(config, prepared, setup, resume=resume, progress=progress)
+    with _timed(timings, "posterior_seconds"):
+        posterior = draw(config, prepared, setup, result.parameters, key=key)
+        write(config, prepared, posterior)
+    _write_figures(config, prepared, posterior, result.elbo_history)
+    record = _run_record(config, prepared, result, posterior, {**setup.diagnostics, **posterior.diagnostics}, timings)
+    write_run_record(prepared.output / "run.json", record)
+    if family.landscape_coordinate is not None:
         from atomicspi.products import run_products
 
-        started = time.perf_counter()
-        run_products(output, seed=config.seed)  # default: position along the principal motion, Å
-        record["timings"]["products_seconds"] = time.perf_counter() - started
-        write_run_record(output / "run.json", record)
-    return output
+        with _timed(timings, "products_seconds"):
+            run_products(prepared.output, cv=family.landscape_coordinate, seed=config.seed)
+        write_run_record(prepared.output / "run.json", record)
+    write_particles_star(config, prepared, posterior)
+    return prepared.output

@@ -84,13 +84,22 @@ def random_acquisition(
     voltage_in_kilovolts: float = 300.0,
     spherical_aberration_in_millimeters: float = 2.7,
     amplitude_contrast_ratio: float = 0.1,
+    optics: dict | None = None,
 ):
     """The random acquisition of n particles: uniform RELION rotations, shifts uniform in ±max (Å),
     defocus uniform in the range with up to 3 % astigmatism at a uniform angle, fixed optics.
 
-    **Returns:** `(rng, rotations (n, 3, 3), shifts_in_angstroms (n, 2), ctf dict of (n,) arrays)`;
-    `rng` continues the same stream (simulators draw their noise from it next).
+    `optics` adds fixed higher-order terms shared by all particles, named as `CTFParameters`
+    fields: `b_factor_in_angstroms_squared`, `scale`, `beam_tilt_x_in_milliradians`,
+    `beam_tilt_y_in_milliradians` (scalars), `odd_zernike_coefficients`,
+    `even_zernike_coefficients` (RELION's order, sequences); they are rendered and written to the
+    star file (one optics group).
+
+    **Returns:** `(rng, rotations (n, 3, 3), shifts_in_angstroms (n, 2), ctf dict of (n,) arrays,
+    `(n, k)` for Zernike coefficients)`; `rng` continues the same stream (simulators draw their
+    noise from it next).
     """
+    from atomicspi.io import OPTIONAL_CTF_FIELDS
     from atomicspi.microscope import sample_uniform_rotations
 
     rng = np.random.default_rng(seed)
@@ -106,6 +115,11 @@ def random_acquisition(
         "amplitude_contrast_ratio": np.full(n, amplitude_contrast_ratio),
         "phase_shift_in_degrees": np.zeros(n),
     }
+    for name, value in (optics or {}).items():
+        if name not in OPTIONAL_CTF_FIELDS:
+            raise ValueError(f"optics: {name!r} is not one of {OPTIONAL_CTF_FIELDS}")
+        value = np.asarray(value, dtype=np.float64)
+        ctf[name] = np.broadcast_to(value, (n, *value.shape)).copy()
     return rng, rotations, shifts, ctf
 
 
@@ -122,6 +136,7 @@ def simulate_particles(
     spherical_aberration_in_millimeters: float = 2.7,
     amplitude_contrast_ratio: float = 0.1,
     batch_size: int = 64,
+    optics: dict | None = None,
 ) -> SimulatedParticles:
     """Render one particle per conformation with a uniform random pose, a random shift and defocus,
     and white Gaussian noise whose variance is the mean signal variance over the SNR.
@@ -132,6 +147,7 @@ def simulate_particles(
     - `positions_in_angstroms`: `(n, n_atoms, 3)` the conformation of each particle, pose frame.
     - `box_size`, `pixel_size_in_angstroms`: the images.
     - `signal_to_noise_ratio`: variance of the clean images over the noise variance.
+    - `optics`: fixed beam tilt, Zernike terms, B-factor, scale (`random_acquisition`).
 
     **Returns:** `SimulatedParticles`.
     """
@@ -142,7 +158,7 @@ def simulate_particles(
     n = positions.shape[0]
     rng, rotations, shifts, ctf = random_acquisition(
         n, seed, defocus_range_in_angstroms, max_shift_in_angstroms, voltage_in_kilovolts,
-        spherical_aberration_in_millimeters, amplitude_contrast_ratio,
+        spherical_aberration_in_millimeters, amplitude_contrast_ratio, optics,
     )
     image_model = make_image_model(
         structure.atomic_numbers, structure.b_factors_in_angstroms_squared, box_size, pixel_size_in_angstroms

@@ -500,7 +500,7 @@ def adaptive_anm_path(
 # --- reading path positions and drawing populations ------------------------------------------------
 
 
-def path_positions_of(calpha_positions, path_calpha_nodes, node_path_positions=None) -> np.ndarray:
+def path_positions_of(calpha_positions, path_calpha_nodes, node_path_positions=None) -> np.ndarray | float:
     """Path position of each structure: its nearest path node in Cα RMSD (no superposition: both in
     the frame of the poses), refined by the vertex of the parabola through the squared RMSDs to that
     node and its two neighbours.

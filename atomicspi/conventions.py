@@ -47,7 +47,7 @@ All functions are JAX, batched over any leading dimensions and differentiable.
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 
 def _safe_norm(vectors: Array, axis: int = -1) -> Array:
@@ -58,7 +58,7 @@ def _safe_norm(vectors: Array, axis: int = -1) -> Array:
 
 
 def euler_angles_to_matrix(
-    angles_in_degrees: Float[Array, "*batch 3"],
+    angles_in_degrees: Float[ArrayLike, "*batch 3"],
 ) -> Float[Array, "*batch 3 3"]:
     """RELION's rotation matrix from Euler angles.
 
@@ -85,7 +85,7 @@ def euler_angles_to_matrix(
 
 
 def matrix_to_euler_angles(
-    matrices: Float[Array, "*batch 3 3"],
+    matrices: Float[ArrayLike, "*batch 3 3"],
 ) -> Float[Array, "*batch 3"]:
     """RELION Euler angles of a rotation matrix, inverse of `euler_angles_to_matrix`.
 
@@ -111,7 +111,7 @@ def matrix_to_euler_angles(
 
 
 def quaternion_to_matrix(
-    quaternions: Float[Array, "*batch 4"],
+    quaternions: Float[ArrayLike, "*batch 4"],
 ) -> Float[Array, "*batch 3 3"]:
     """Rotation matrix of a quaternion `(w, x, y, z)`.
 
@@ -135,7 +135,7 @@ def quaternion_to_matrix(
 
 
 def matrix_to_quaternion(
-    matrices: Float[Array, "*batch 3 3"],
+    matrices: Float[ArrayLike, "*batch 3 3"],
 ) -> Float[Array, "*batch 4"]:
     """Unit quaternion `(w, x, y, z)` of a rotation matrix, with `w >= 0`.
 
@@ -167,7 +167,7 @@ def matrix_to_quaternion(
 
 
 def axis_angle_to_matrix(
-    rotation_vectors: Float[Array, "*batch 3"],
+    rotation_vectors: Float[ArrayLike, "*batch 3"],
 ) -> Float[Array, "*batch 3 3"]:
     """Rotation matrix of a rotation vector (Rodrigues' formula).
 
@@ -206,7 +206,7 @@ def axis_angle_to_matrix(
 
 
 def matrix_to_axis_angle(
-    matrices: Float[Array, "*batch 3 3"],
+    matrices: Float[ArrayLike, "*batch 3 3"],
 ) -> Float[Array, "*batch 3"]:
     """Rotation vector of a rotation matrix, inverse of `axis_angle_to_matrix`.
 
@@ -227,7 +227,7 @@ def matrix_to_axis_angle(
 
 
 def six_d_to_matrix(
-    six_d: Float[Array, "*batch 6"],
+    six_d: Float[ArrayLike, "*batch 6"],
 ) -> Float[Array, "*batch 3 3"]:
     """Rotation matrix from the 6D representation of Zhou et al. (2019).
 
@@ -250,7 +250,7 @@ def six_d_to_matrix(
 
 
 def matrix_to_six_d(
-    matrices: Float[Array, "*batch 3 3"],
+    matrices: Float[ArrayLike, "*batch 3 3"],
 ) -> Float[Array, "*batch 6"]:
     """The 6D representation (first two columns, column after column) of a rotation matrix.
 
@@ -284,7 +284,7 @@ def sample_uniform_rotations(key: PRNGKeyArray, n: int) -> Float[Array, "n 3 3"]
 
 
 def geodesic_distance_in_degrees(
-    a: Float[Array, "*batch 3 3"], b: Float[Array, "*batch 3 3"]
+    a: Float[ArrayLike, "*batch 3 3"], b: Float[ArrayLike, "*batch 3 3"]
 ) -> Float[Array, "*batch"]:
     """Angle of the rotation that takes `a` to `b`.
 

@@ -30,7 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--spring-constant", type=float, default=1.0, help="γ of the prior, kT/Å²")
     parser.add_argument("--model", default="nma", help="model named in the written dataset.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    optics = parser.add_argument_group("optics (one optics group; written to the star file)")
+    optics.add_argument("--beam-tilt", type=float, nargs=2, metavar=("X", "Y"), help="beam tilt in mrad (rlnBeamTiltX/Y)")
+    optics.add_argument("--odd-zernike", type=float, nargs="+", metavar="C", help="RELION's odd Zernike coefficients (rlnOddZernike)")
+    optics.add_argument("--even-zernike", type=float, nargs="+", metavar="C", help="RELION's even Zernike coefficients (rlnEvenZernike)")
+    optics.add_argument("--b-factor", type=float, metavar="B", help="CTF envelope B-factor in Å² (rlnCtfBfactor)")
     return parser
+
+
+def _optics(arguments) -> dict:
+    """The `optics` of `simulate_particles` from the command line's optics options."""
+    optics: dict = {}
+    if arguments.beam_tilt is not None:
+        optics["beam_tilt_x_in_milliradians"], optics["beam_tilt_y_in_milliradians"] = arguments.beam_tilt
+    if arguments.odd_zernike is not None:
+        optics["odd_zernike_coefficients"] = arguments.odd_zernike
+    if arguments.even_zernike is not None:
+        optics["even_zernike_coefficients"] = arguments.even_zernike
+    if arguments.b_factor is not None:
+        optics["b_factor_in_angstroms_squared"] = arguments.b_factor
+    return optics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if len(arguments.structures) != 2:
                 raise InputError("--structures: give START and END to interpolate between (or use --prior)")
-            fractions = rng.uniform(*arguments.fraction_range, size=arguments.n_particles)
+            low, high = arguments.fraction_range
+            fractions = rng.uniform(low, high, size=arguments.n_particles)
             positions = interpolated_conformations(start, load_structure(arguments.structures[1]), fractions)
             truth = {"interpolation_fraction": fractions}
         particles = simulate_particles(
-            start, positions, arguments.box_size, arguments.pixel_size, arguments.snr, seed=arguments.seed
+            start, positions, arguments.box_size, arguments.pixel_size, arguments.snr, seed=arguments.seed,
+            optics=_optics(arguments),
         )
         path = write_simulated_dataset(arguments.output, start, particles, truth_extra=truth, model=arguments.model)
     except InputError as error:

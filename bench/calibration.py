@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
+from atomicspi._families import FAMILIES
 from atomicspi.inference import AmortizedGuide, draw_posterior, fit, make_epoch_minibatches, make_optimizer, make_svi
 from atomicspi.microscope import CTFParameters, make_image_model, sample_uniform_rotations
 from atomicspi.models import ModelOptions, build_model_context, nma
@@ -69,7 +70,7 @@ def run_dataset(context, n_particles, batch_size, steps, seed, rank):
             "defocus_in_angstroms": defocus[indices],
         }
 
-    guide = _with_ctf(AmortizedGuide("nma", context, BOX, jax.random.fold_in(key, 2), rank=rank))
+    guide = _with_ctf(AmortizedGuide(FAMILIES["nma"].local_sites(context), context, BOX, key=jax.random.fold_in(key, 2), rank=rank))
     model_arguments = {"context": context, "n_particles": n_particles}
     svi = make_svi(_with_ctf(nma), guide, make_optimizer(1e-2, 3e-2, decay_steps=steps), **model_arguments)
     start = time.perf_counter()
@@ -83,7 +84,8 @@ def run_dataset(context, n_particles, batch_size, steps, seed, rank):
         indices = np.arange(first, min(first + batch_size, n_particles))
         in_order.append({**read_particles(indices), "indices": indices})
     local, global_ = draw_posterior(
-        guide, result.parameters, in_order, 400, jax.random.fold_in(key, 3), model_arguments, ["amplitudes"]
+        guide, result.parameters, in_order, 400,
+        key=jax.random.fold_in(key, 3), model_arguments=model_arguments, local_sites=["amplitudes"],
     )
     return truth, local["amplitudes"], global_, fit_seconds
 

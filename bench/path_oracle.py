@@ -47,7 +47,8 @@ def node_image_statistics(dataset, structure, node_positions, batch_size: int = 
     import jax
     import jax.numpy as jnp
 
-    from atomicspi._pipeline import _ctf_parameters, _ordered_batches
+    from atomicspi._batches import ctf_parameters as _ctf_parameters
+    from atomicspi._batches import ordered_batches as _ordered_batches
     from atomicspi.microscope import make_image_model
     from atomicspi.models import render_images
 

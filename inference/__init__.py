@@ -9,6 +9,8 @@ from ._fit import FitResult as FitResult
 from ._fit import configuration_hash as configuration_hash
 from ._fit import fit as fit
 from ._guides import AmortizedGuide as AmortizedGuide
+from ._guides import GlobalSite as GlobalSite
+from ._guides import LocalSite as LocalSite
 from ._interrupts import TrainingInterrupted as TrainingInterrupted
 from ._interrupts import interrupt_on_signals as interrupt_on_signals
 from ._linear_start import PrincipalMotions as PrincipalMotions

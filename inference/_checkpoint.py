@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jaxtyping import Float
 
 from atomicspi._errors import InputError
 
@@ -40,7 +41,7 @@ class Checkpoint(NamedTuple):
     """
 
     state: Any
-    elbo_history: np.ndarray
+    elbo_history: Float[np.ndarray, " steps"]
     metadata: dict
 
 
@@ -83,7 +84,7 @@ def save_checkpoint(
     path: str | os.PathLike,
     state,
     *,
-    elbo_history: np.ndarray,
+    elbo_history: Float[np.ndarray, " steps"],
     metadata: Mapping[str, Any],
 ) -> None:
     """Write a checkpoint atomically (temporary file in the same directory, fsync, `os.replace`).
@@ -108,7 +109,7 @@ def save_checkpoint(
         "leaves": [{"shape": list(leaf.shape), "dtype": leaf.dtype.str} for leaf in leaves],
     }
     metadata_json = json.dumps(full_metadata, sort_keys=True)
-    arrays = {f"leaf_{index:05d}": leaf for index, leaf in enumerate(leaves)}
+    arrays: dict[str, Any] = {f"leaf_{index:05d}": leaf for index, leaf in enumerate(leaves)}
     arrays[_ELBO_KEY] = np.asarray(elbo_history, dtype=np.float64)
     arrays[_METADATA_KEY] = np.array(metadata_json)
     _write_atomically(path, lambda stream: np.savez(stream, **arrays))

@@ -19,20 +19,22 @@ class ImageEncoder(eqx.Module):
     - `box_size`: D, the side of the (square) particle images.
     - `output_size`: length of the output vector.
     - `n_context`: length of the per-image context vector (e.g. defocus in µm), appended before the MLP.
-    - `key`: PRNG key for the initial weights.
+    - `key`: PRNG key for the initial weights (keyword only).
     - `width`: channels of the first convolution (doubling each layer).
     - `depth`: number of stride-2 convolutions.
+    - `hidden_size`: width of the MLP's hidden layers.
+    - `max_input_size`: images are average-pooled to at most this many pixels a side.
     """
 
-    convolutions: tuple
+    convolutions: tuple[eqx.nn.Conv2d, ...]
     head: eqx.nn.MLP
     pool: int = eqx.field(static=True)
-
     def __init__(
         self,
         box_size: int,
         output_size: int,
         n_context: int,
+        *,
         key: PRNGKeyArray,
         width: int = 16,
         depth: int = 3,

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from jax.sharding import Mesh
+from jaxtyping import Float
 from numpyro.infer import SVI
 
 from atomicspi._errors import InputError
@@ -39,7 +40,7 @@ class FitResult(NamedTuple):
 
     state: TrainingState
     parameters: dict
-    elbo_history: np.ndarray
+    elbo_history: Float[np.ndarray, " steps"]
     images_per_second: float
 
 
@@ -116,7 +117,7 @@ def fit(
 
     first_batch = batches(0)
     initial_batch = {name: stacked[0] for name, stacked in place(_stack([first_batch])).items()}
-    state = initialize_training(svi, jax.random.PRNGKey(seed), initial_batch)
+    state = initialize_training(svi, key=jax.random.PRNGKey(seed), batch=initial_batch)
     if mesh is not None:
         state = replicate(state, mesh)
     elbo_history: list[float] = []
@@ -133,9 +134,9 @@ def fit(
     if checkpoint_path is not None:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write_checkpoint(state: TrainingState) -> None:
+    def write_checkpoint(path: pathlib.Path, state: TrainingState) -> None:
         save_checkpoint(
-            checkpoint_path,
+            path,
             state,
             elbo_history=np.asarray(elbo_history),
             metadata={
@@ -177,7 +178,7 @@ def fit(
                 if checkpoint_path is not None and (
                     step % checkpoint_every == 0 or step == num_steps or interrupt.signal_number is not None
                 ):
-                    write_checkpoint(state)
+                    write_checkpoint(checkpoint_path, state)
                 if interrupt.signal_number is not None:
                     if checkpoint_path is None:
                         raise KeyboardInterrupt(f"stopped at step {step}; no checkpoint_path, nothing saved")

@@ -4,6 +4,7 @@ next step boundary and raises `TrainingInterrupted`."""
 import contextlib
 import signal
 import threading
+from collections.abc import Iterable, Iterator
 
 __all__ = ["TrainingInterrupted", "InterruptFlag", "interrupt_on_signals"]
 
@@ -30,12 +31,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 class InterruptFlag:
     """The signal received, if any (`signal_number` is `None` until one arrives)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal_number: int | None = None
 
 
 @contextlib.contextmanager
-def interrupt_on_signals(signal_numbers=(signal.SIGINT, signal.SIGTERM)):
+def interrupt_on_signals(
+    signal_numbers: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
+) -> Iterator[InterruptFlag]:
     """Within the context, the first of `signal_numbers` to arrive is recorded in the yielded
     `InterruptFlag` instead of stopping the process; a second one raises `KeyboardInterrupt` at once.
     The previous handlers come back on exit. Outside the main thread (where Python cannot install

@@ -27,9 +27,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Array, Bool, Float, Int
 
-from atomicspi.microscope import rfft_frequencies
+from atomicspi.microscope import CTFParameters, ImageModel, rfft_frequencies
+from atomicspi.models import ModelContext, render_images
 
 __all__ = ["PrincipalMotions", "principal_motions", "mode_space_statistics", "fit_linear_gaussian"]
 
@@ -47,12 +48,12 @@ class PrincipalMotions(NamedTuple):
     - `log_likelihood_history`: the EM objective per iteration (non-decreasing).
     """
 
-    mean_displacement_in_angstroms: np.ndarray
-    directions: np.ndarray
-    variances_in_angstroms_squared: np.ndarray
-    mean_amplitudes: np.ndarray
-    covariance: np.ndarray
-    log_likelihood_history: np.ndarray
+    mean_displacement_in_angstroms: Float[np.ndarray, "n_beads 3"]
+    directions: Float[np.ndarray, "n_directions n_beads 3"]
+    variances_in_angstroms_squared: Float[np.ndarray, " n_directions"]
+    mean_amplitudes: Float[np.ndarray, " n_modes"]
+    covariance: Float[np.ndarray, "n_modes n_modes"]
+    log_likelihood_history: Float[np.ndarray, " n_iterations"]
 
 
 def _low_frequencies(images, frequency_mask):
@@ -64,14 +65,21 @@ def _low_frequencies(images, frequency_mask):
 
 
 def mode_space_statistics(
-    image_model, reference_positions, atom_to_bead, mode_vectors, images, rotations, shifts, ctf, contrast, frequency_mask
-):
+    image_model: ImageModel,
+    reference_positions: Float[Array, "n_atoms 3"],
+    atom_to_bead: Int[Array, " n_atoms"],
+    mode_vectors: Float[Array, "n_modes n_beads 3"],
+    images: Float[Array, "n y x"],
+    rotations: Float[Array, "n 3 3"],
+    shifts: Float[Array, "n 2"],
+    ctf: CTFParameters,
+    contrast: float,
+    frequency_mask: Bool[np.ndarray, "y x_half"],
+) -> tuple[Float[Array, "n n_modes n_modes"], Float[Array, "n n_modes"], Float[Array, " n"]]:
     """Per-particle sufficient statistics of the linearised image model: JᵢᵀJᵢ `(n, M, M)`, Jᵢᵀrᵢ
     `(n, M)` and rᵢᵀrᵢ `(n,)`, with rᵢ = yᵢ − c fᵢ(x⁰) and Jᵢ = c ∂fᵢ/∂a at a = 0, both restricted
     to the Fourier coefficients in `frequency_mask` (the linearisation holds at low resolution only:
     a displacement shows linearly in an image only where it is small against the resolution)."""
-    from atomicspi.models import render_images
-
     n_modes = mode_vectors.shape[0]
 
     def render(amplitudes):
@@ -99,7 +107,7 @@ def fit_linear_gaussian(
     noise_variance: float,
     initial_covariance: Float[np.ndarray, "M M"],
     n_iterations: int = 200,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[Float[np.ndarray, " M"], Float[np.ndarray, "M M"], Float[np.ndarray, " n_iterations"]]:
     """EM for a ~ N(m, C), yᵢ − c fᵢ(x⁰) = Jᵢ aᵢ + N(0, σ² I), in float64 NumPy.
 
     **Arguments:**
@@ -145,11 +153,11 @@ def _rows(value, n: int, start: int, stop: int):
 
 
 def principal_motions(
-    context,
-    images: Float[np.ndarray, "n y x"],
-    rotations: Float[np.ndarray, "n 3 3"],
-    shifts_in_angstroms: Float[np.ndarray, "n 2"],
-    ctf,
+    context: ModelContext,
+    images: Float[Array | np.ndarray, "n y x"],
+    rotations: Float[Array | np.ndarray, "n 3 3"],
+    shifts_in_angstroms: Float[Array | np.ndarray, "n 2"],
+    ctf: CTFParameters,
     contrast: float,
     noise_std: float,
     n_directions: int,
@@ -173,14 +181,17 @@ def principal_motions(
 
     **Returns:** `PrincipalMotions`.
     """
+    image_model = context.image_model
+    if image_model is None:
+        raise ValueError("principal_motions needs a context with an image model")
     modes = jnp.asarray(context.mode_vectors, dtype=jnp.float32)
     n_modes = modes.shape[0]
-    frequencies = np.asarray(rfft_frequencies(images.shape[-1], float(context.image_model.pixel_size_in_angstroms)))
+    frequencies = np.asarray(rfft_frequencies(images.shape[-1], float(image_model.pixel_size_in_angstroms)))
     frequency_mask = np.linalg.norm(frequencies, axis=-1) <= 1.0 / resolution_in_angstroms
     frequency_mask[0, 0] = False  # the mean of an image carries no conformational information
     statistics = jax.jit(
         lambda images, rotations, shifts, ctf: mode_space_statistics(
-            context.image_model, context.reference_positions_in_angstroms.astype(jnp.float32),
+            image_model, context.reference_positions_in_angstroms.astype(jnp.float32),
             context.atom_to_bead, modes, images, rotations, shifts, ctf, contrast, frequency_mask,
         )
     )

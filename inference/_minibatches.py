@@ -3,11 +3,12 @@
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from jaxtyping import Int
 
 __all__ = ["epoch_minibatch_indices", "make_epoch_minibatches"]
 
 
-def epoch_minibatch_indices(n_particles: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+def epoch_minibatch_indices(n_particles: int, batch_size: int, seed: int, step: int) -> Int[np.ndarray, " batch_size"]:
     """The particle indices of the minibatch of `step`.
 
     Epoch e = step // (n_particles // batch_size) visits the particles in the order of the permutation

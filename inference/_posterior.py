@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Bool, Float, PRNGKeyArray
 from numpyro.infer import Predictive
 
 __all__ = ["draw_posterior", "importance_resampled_draws", "latent_information", "relocated_modes"]
-
-
-def draw_posterior(guide, params, batches, n_samples: int, key, model_arguments: dict, local_sites):
+def draw_posterior(
+    guide: Callable,
+    params: Mapping[str, Any],
+    batches: Iterable[Mapping[str, ArrayLike]],
+    n_samples: int,
+    *,
+    key: PRNGKeyArray,
+    model_arguments: Mapping[str, Any],
+    local_sites: Sequence[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Draw `n_samples` values of every local site for each particle, streaming over minibatches.
 
     **Arguments:**
@@ -19,7 +30,8 @@ def draw_posterior(guide, params, batches, n_samples: int, key, model_arguments:
     - `params`: its fitted parameters (`svi.get_params(state)`).
     - `batches`: iterable of minibatch dicts in particle order (each with `indices`).
     - `n_samples`: draws per particle.
-    - `key`: PRNG key.
+    - `key`: PRNG key (keyword only, as are the arguments after it).
+    - `model_arguments`: the keyword arguments the guide takes besides a batch.
     - `local_sites`: names of the per-particle sites to keep.
 
     **Returns:** `(local, global_)`: `local[name]` has shape `(n_particles, n_samples, ...)` in
@@ -52,21 +64,20 @@ def _site_log_probabilities(trace, batch_size: int):
         else:
             total = total + log_probability.reshape(batch_size, -1).sum(axis=-1)
     return total
-
-
 def importance_resampled_draws(
-    model,
-    guide,
-    params,
-    batches,
+    model: Callable,
+    guide: Callable,
+    params: Mapping[str, Any],
+    batches: Iterable[Mapping[str, ArrayLike]],
     n_samples: int,
-    key,
-    model_arguments: dict,
-    local_sites,
+    *,
+    key: PRNGKeyArray,
+    model_arguments: Mapping[str, Any],
+    local_sites: Sequence[str],
     site: str = "z",
     n_proposals: int = 64,
     proposal_scale: float = 1.5,
-):
+) -> tuple[dict[str, np.ndarray], Float[np.ndarray, " n_particles"]]:
     """Per-particle draws of the local sites from the model's posterior given the fitted global
     parameters, by importance resampling from a Laplace proposal.
 
@@ -90,7 +101,7 @@ def importance_resampled_draws(
     - `params`: the fitted parameters (guide and model).
     - `batches`: minibatch dicts in particle order.
     - `n_samples`: draws kept per particle.
-    - `key`: PRNG key.
+    - `key`: PRNG key (keyword only, as are the arguments after it).
     - `local_sites`: the per-particle sites to return.
     - `site`: the site with the Laplace proposal.
     - `n_proposals`, `proposal_scale`: proposals per particle and the widening of the Laplace covariance.
@@ -176,7 +187,7 @@ def importance_resampled_draws(
     return {name: np.concatenate(parts) for name, parts in local.items()}, np.concatenate(sizes)
 
 
-def latent_information(draws) -> dict:
+def latent_information(draws: Float[ArrayLike, "n_particles n_draws latent_dim"]) -> dict[str, Any]:
     """How much each latent dimension says about the particles: a guard against posterior collapse.
 
     For draws `(n_particles, n_draws, latent_dim)` of per-particle posteriors, per dimension:
@@ -200,34 +211,33 @@ def latent_information(draws) -> dict:
     }
 
 
-def _cluster_centres(points, n_centres: int, key, n_iterations: int = 20) -> np.ndarray:
+def _cluster_centres(points, n_centres: int, key: PRNGKeyArray, n_iterations: int = 20) -> np.ndarray:
     """k-means (Lloyd, k-means++ start) centres of `points` `(n, d)`."""
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1])
     points = np.asarray(points, dtype=float)
-    centres = [points[rng.integers(len(points))]]
+    chosen = [points[rng.integers(len(points))]]
     for _ in range(1, min(n_centres, len(points))):
-        distances = np.min(((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        centres.append(points[rng.choice(len(points), p=distances / distances.sum())] if distances.sum() > 0 else points[0])
-    centres = np.asarray(centres)
+        distances = np.min(((points[:, None] - np.asarray(chosen)[None]) ** 2).sum(-1), axis=1)
+        chosen.append(points[rng.choice(len(points), p=distances / distances.sum())] if distances.sum() > 0 else points[0])
+    centres = np.asarray(chosen)
     for _ in range(n_iterations):
         labels = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
         centres = np.stack([points[labels == k].mean(axis=0) if np.any(labels == k) else centres[k] for k in range(len(centres))])
     return centres
-
-
 def relocated_modes(
-    model,
-    guide,
-    params,
-    batches,
-    key,
-    model_arguments: dict,
+    model: Callable,
+    guide: Callable,
+    params: Mapping[str, Any],
+    batches: Callable[[], Iterable[tuple[int, Mapping[str, ArrayLike]]]],
+    *,
+    key: PRNGKeyArray,
+    model_arguments: Mapping[str, Any],
     site: str = "z",
     n_candidates: int = 8,
     n_refinement_steps: int = 40,
     refinement_step_size: float = 0.05,
     mode_separation: float = 3.0,
-):
+) -> tuple[Float[np.ndarray, "n_particles d"], Bool[np.ndarray, " n_particles"], Float[np.ndarray, " n_particles"]]:
     """Per particle, move the guide's mean of `site` to a better mode of the model's posterior where
     it sits in the wrong one.
 
@@ -247,7 +257,7 @@ def relocated_modes(
     - `model`, `guide`, `params`, `model_arguments`: as for `importance_resampled_draws`.
     - `batches`: a function returning a fresh iterable of minibatch dicts in particle order
       (it is read twice), each with the number of real (unpadded) particles: `(count, batch)`.
-    - `key`: PRNG key.
+    - `key`: PRNG key (keyword only, as are the arguments after it).
     - `site`: a diagonal Normal site of the guide in the `particle` plate.
 
     **Returns:** `(shifts (n, d), relocated (n,) bool, gains (n,))`: how far each particle's mean
@@ -295,12 +305,12 @@ def relocated_modes(
         (value, _), _ = jax.lax.scan(step, (start, optimizer.init(start)), None, length=n_refinement_steps)
         return value, log_joint(batch, others, value)
 
-    locations, scales = [], []
+    location_parts, scale_parts = [], []
     for count, batch in batches():
         loc, scale = guide_statistics(batch)
-        locations.append(np.asarray(loc)[:count])
-        scales.append(np.asarray(scale)[:count])
-    locations, scales = np.concatenate(locations), np.concatenate(scales)
+        location_parts.append(np.asarray(loc)[:count])
+        scale_parts.append(np.asarray(scale)[:count])
+    locations, scales = np.concatenate(location_parts), np.concatenate(scale_parts)
     original = locations.copy()
     candidates = jnp.asarray(_cluster_centres(locations, n_candidates, key), dtype=locations.dtype)
     relocated = np.zeros(len(locations), dtype=bool)

@@ -2,6 +2,7 @@
 parameters and optimizer state replicated; `jax.jit` inserts the gradient all-reduce."""
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,7 +29,7 @@ def make_batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def shard_batches(
-    stacked_batches: Mapping[str, np.ndarray], mesh: Mesh
+    stacked_batches: Mapping[str, np.ndarray | jax.Array], mesh: Mesh
 ) -> dict[str, jax.Array]:
     """Place stacked minibatches (arrays of shape (steps, B, ...)) on the mesh, split along B.
 
@@ -54,7 +55,7 @@ def shard_batches(
     return placed
 
 
-def replicate(tree, mesh: Mesh):
+def replicate(tree: Any, mesh: Mesh) -> Any:
     """Copy every array of a pytree (parameters, optimizer state) onto all devices of the mesh.
 
     **Arguments:**

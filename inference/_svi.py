@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import optax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.svi import SVIState
 from numpyro.optim import optax_to_numpyro
@@ -116,16 +116,14 @@ def make_svi(
         Trace_ELBO(num_particles=num_particles),
         **static_kwargs,
     )
-
-
-def initialize_training(svi: SVI, key: Array, batch: Mapping[str, Array]) -> TrainingState:
+def initialize_training(svi: SVI, *, key: PRNGKeyArray, batch: Mapping[str, ArrayLike]) -> TrainingState:
     """Initialise the parameters (by running the model and the guide once on `batch`) and the optimizer.
 
     **Arguments:**
 
     - `svi`: from `make_svi`.
-    - `key`: a JAX PRNG key, `jax.random.PRNGKey(seed)`.
-    - `batch`: a minibatch, the dict of arrays passed to the model and the guide.
+    - `key`: a JAX PRNG key, `jax.random.PRNGKey(seed)` (keyword only).
+    - `batch`: a minibatch, the dict of arrays passed to the model and the guide (keyword only).
 
     **Returns:**
 

@@ -3,10 +3,15 @@ elastic network of the prior, the microscope, and the model options."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
+
+from atomicspi.microscope import ImageModel
+from atomicspi.structure import AtomicModel, ElasticNetwork
 
 __all__ = ["ModelContext", "ModelOptions", "build_model_context"]
 
@@ -53,7 +58,8 @@ class ModelContext(eqx.Module):
     - `mode_eigenvalues`: `(n_modes,)` their eigenvalues for unit spring constant (1/Å² · kT units).
     - `network`: the elastic network (energy of bead positions for a unit spring constant); with
       domains, only the springs inside domains.
-    - `image_model`: the microscope, `(positions, rotation, shift, ctf) -> image [y, x]`.
+    - `image_model`: the microscope, `(positions, rotation, shift, ctf) -> image [y, x]`, or `None`
+      for a context used for its prior alone (nothing is rendered).
     - `options`: `ModelOptions`.
     - `bead_domains`: `(n_beads,)` rigid domain of every bead (all 0 when no domains are given);
       domain 0 holds most beads and does not move (its motion is the particle's pose).
@@ -65,8 +71,8 @@ class ModelContext(eqx.Module):
     bead_positions_in_angstroms: Float[Array, "n_beads 3"]
     mode_vectors: Float[Array, "n_modes n_beads 3"]
     mode_eigenvalues: Float[Array, " n_modes"]
-    network: eqx.Module
-    image_model: eqx.Module
+    network: ElasticNetwork
+    image_model: ImageModel | None
     options: ModelOptions
     bead_domains: Int[Array, " n_beads"]
     n_domains: int = eqx.field(static=True, default=1)
@@ -80,22 +86,24 @@ class ModelContext(eqx.Module):
         return self.mode_eigenvalues.shape[0]
 
     def atoms_from_bead_displacements(
-        self, bead_displacements_in_angstroms: Float[Array, "n_beads 3"]
+        self, bead_displacements_in_angstroms: Float[Array | np.ndarray, "n_beads 3"]
     ) -> Float[Array, "n_atoms 3"]:
         """Every atom follows its bead: no bond inside a residue is stretched."""
         return self.reference_positions_in_angstroms + bead_displacements_in_angstroms[self.atom_to_bead]
 
-    def prior_energy(self, bead_positions_in_angstroms: Float[Array, "n_beads 3"]) -> Float[Array, ""]:
+    def prior_energy(self, bead_positions_in_angstroms: Float[Array | np.ndarray, "n_beads 3"]) -> Float[Array, ""]:
         """The prior's elastic energy for a unit spring constant: harmonic, or with yielding springs
         when `options.spring_yield_in_angstroms` is set."""
         if self.options.spring_yield_in_angstroms is None:
             return self.network.energy(bead_positions_in_angstroms)
         return self.network.yielding_energy(bead_positions_in_angstroms, 1.0, self.options.spring_yield_in_angstroms)
 
-    def bead_displacements_from_amplitudes(self, amplitudes: Float[Array, " n_modes"]) -> Float[Array, "n_beads 3"]:
+    def bead_displacements_from_amplitudes(self, amplitudes: Float[Array | np.ndarray, " n_modes"]) -> Float[Array, "n_beads 3"]:
         return jnp.einsum("k,kbc->bc", amplitudes, self.mode_vectors)
 
-    def elastic_log_prior(self, bead_positions_in_angstroms: Float[Array, "n_beads 3"], spring_constant) -> Float[Array, ""]:
+    def elastic_log_prior(
+        self, bead_positions_in_angstroms: Float[Array | np.ndarray, "n_beads 3"], spring_constant: float | Float[Array, ""]
+    ) -> Float[Array, ""]:
         """log exp(−γE/kT), normalised in γ, with the weak rigid-body restraint (see
         `atomicspi.structure.elastic_network_log_prior`)."""
         from atomicspi.structure import elastic_network_log_prior
@@ -107,20 +115,21 @@ class ModelContext(eqx.Module):
 
 
 def build_model_context(
-    structure,
-    image_model,
+    structure: AtomicModel,
+    image_model: ImageModel | None,
     n_modes: int = 10,
     cutoff_in_angstroms: float = 15.0,
     options: ModelOptions | None = None,
     coarse_grain: str = "calpha",
-    domain_residue_ranges=None,
+    domain_residue_ranges: int | Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> ModelContext:
     """The common case: Cα beads, an ANM with a cutoff, its lowest modes, atoms following their residue's bead.
 
     **Arguments:**
 
     - `structure`: an `atomicspi.structure.AtomicModel` (already in the frame of the poses).
-    - `image_model`: the microscope for these atoms (`atomicspi.microscope.make_image_model`).
+    - `image_model`: the microscope for these atoms (`atomicspi.microscope.make_image_model`), or
+      `None` for a context used for its prior alone.
     - `n_modes`: number of lowest non-rigid modes kept.
     - `cutoff_in_angstroms`: contact cutoff of the elastic network.
     - `coarse_grain`: beads at the Cα (`"calpha"`) or at residue centroids (`"centroid"`).

@@ -8,15 +8,17 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 from numpyro.contrib.module import eqx_module
 
+from atomicspi.microscope import CTFParameters
 from atomicspi.structure import BlockRigidMotion
 
 from ._context import ModelContext
-from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
 
 __all__ = [
     "Decoder",
@@ -49,7 +51,7 @@ class Decoder(eqx.Module):
 
     - `latent_dim`: length of z.
     - `n_beads`: number of beads displaced.
-    - `key`: PRNG key for the initial weights.
+    - `key`: PRNG key for the initial weights (keyword only).
     - `hidden_size`: width of the MLP's two hidden layers.
     - `basis`: `(n_basis, n_beads, 3)` orthonormal displacement fields, or `None`.
     - `rigid_blocks`: the `BlockRigidMotion` of the basis's blocks, or `None` (displacements are
@@ -61,14 +63,14 @@ class Decoder(eqx.Module):
     basis: Float[Array, "n_basis n_beads 3"] | None
     rigid_blocks: BlockRigidMotion | None
     n_beads: int = eqx.field(static=True)
-
     def __init__(
         self,
         latent_dim: int,
         n_beads: int,
+        *,
         key: PRNGKeyArray,
         hidden_size: int = 128,
-        basis: Float[ArrayLike, "n_basis n_beads 3"] | None = None,
+        basis: Float[Array | np.ndarray, "n_basis n_beads 3"] | None = None,
         rigid_blocks: BlockRigidMotion | None = None,
     ):
         if rigid_blocks is not None and basis is None:
@@ -79,6 +81,7 @@ class Decoder(eqx.Module):
         self.linear = eqx.tree_at(lambda m: m.weight, linear, linear.weight * 1e-2)
         mlp = eqx.nn.MLP(latent_dim, size, hidden_size, depth=2, activation=jax.nn.gelu, key=mlp_key)
         last = mlp.layers[-1]
+        assert last.bias is not None  # eqx.nn.MLP's layers have biases by default
         self.mlp = eqx.tree_at(
             lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (last.weight * 1e-2, jnp.zeros_like(last.bias))
         )
@@ -96,6 +99,8 @@ class Decoder(eqx.Module):
 
     def block_transforms(self, z: Float[Array, " latent_dim"]) -> tuple[Float[Array, "n_blocks 3 3"], Float[Array, "n_blocks 3"]]:
         """Per block, the rotation and translation (Å) of its finite rigid motion (needs `rigid_blocks`)."""
+        if self.rigid_blocks is None:
+            raise ValueError("block_transforms needs a decoder with rigid_blocks")
         blocks = jax.lax.stop_gradient(self.rigid_blocks)
         return blocks.transforms(self.linear_field(z))
 
@@ -132,7 +137,9 @@ def _network_hessian_times(context: ModelContext, displacement: Float[Array, "n_
 
 
 def decoder_along_motions(
-    decoder: Decoder, directions: Float[Array, "n_directions n_beads 3"], variances_in_angstroms_squared: Float[Array, " n_directions"]
+    decoder: Decoder,
+    directions: Float[Array | np.ndarray, "n_directions n_beads 3"],
+    variances_in_angstroms_squared: Float[Array | np.ndarray, " n_directions"],
 ) -> Decoder:
     """The decoder whose linear map starts along given motions: column j of the linear map is
     direction j times its standard deviation, so z ~ N(0, I) spreads the decoded structures as the
@@ -160,7 +167,7 @@ def decoder_along_motions(
 
 
 def spring_constant_for_spread(
-    context: ModelContext, direction: Float[Array, "n_beads 3"], variance_in_angstroms_squared: float
+    context: ModelContext, direction: Float[Array | np.ndarray, "n_beads 3"], variance_in_angstroms_squared: float
 ) -> float:
     """The spring constant γ whose Boltzmann spread along a unit bead displacement v is the given
     variance: kT / (γ vᵀKv) = variance, K the prior network's Hessian at the reference for γ = 1.
@@ -172,14 +179,18 @@ def spring_constant_for_spread(
     return float(context.options.temperature_factor / (max(curvature, 1e-12) * variance_in_angstroms_squared))
 
 
-def deformation_positions(context: ModelContext, decoder: Decoder, z):
+def deformation_positions(
+    context: ModelContext, decoder: Decoder, z: Float[Array | np.ndarray, "*batch latent_dim"]
+) -> Float[Array, "*batch n_atoms 3"]:
     """Atom positions `(..., n_atoms, 3)` for latents `(..., latent_dim)`."""
-    flat = z.reshape(-1, z.shape[-1])
+    flat = jnp.asarray(z).reshape(-1, z.shape[-1])
     _, positions = jax.vmap(functools.partial(decoded_structure, context, decoder))(flat)
     return positions.reshape(*z.shape[:-1], *positions.shape[-2:])
 
 
-def latent_elastic_log_normaliser(context: ModelContext, decoder: Decoder, spring_constant) -> Float[Array, ""]:
+def latent_elastic_log_normaliser(
+    context: ModelContext, decoder: Decoder, spring_constant: float | Float[Array, ""]
+) -> Float[Array, ""]:
     """log Z of the prior p(z) ∝ N(z; 0, I) · exp(−γ E(x(z))/kT) in the Laplace approximation about
     z = 0: with J = ∂x/∂z at 0 and K the network's Hessian at the reference (unit γ),
     log Z ≈ −½ log det(I + γ JᵀKJ / kT). Exact for a linear decoder through the reference.
@@ -197,8 +208,16 @@ def latent_elastic_log_normaliser(context: ModelContext, decoder: Decoder, sprin
 
 
 def deformation(
-    *, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n_particles: int, decoder: Decoder, indices=None
-):
+    *,
+    images: Float[Array | np.ndarray, "batch y x"] | None,
+    rotations: Float[Array | np.ndarray, "batch 3 3"],
+    shifts_in_angstroms: Float[Array | np.ndarray, "batch 2"],
+    ctf: CTFParameters,
+    context: ModelContext,
+    n_particles: int,
+    decoder: Decoder,
+    indices: Int[Array | np.ndarray, " batch"] | None = None,
+) -> None:
     """Neural deformation model (atomic cryoDRGN/cryoSTAR-like, with a physics prior).
 
     **Random variables:** globals `spring_constant`, `noise_std`; the decoder weights are global
@@ -221,5 +240,5 @@ def deformation(
         energy = jax.vmap(context.prior_energy)(context.bead_positions_in_angstroms + displacements)
         numpyro.factor("elastic_energy", -spring_constant * energy / options.temperature_factor - log_normaliser)
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
-        predicted = render_images(context.image_model, positions, rotations, shifts, ctf)
+        predicted = render_images(image_model_of(context), positions, rotations, shifts, ctf)
         observe_images(context, predicted, noise_std, images)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jaxtyping import Array, Float, Int
+
+from atomicspi.microscope import CTFParameters
 
 from ._context import ModelContext
-from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
 
 __all__ = ["domains", "domain_positions", "domain_bead_positions"]
 
@@ -32,14 +36,20 @@ def _move(context: ModelContext, points, point_domains, motion):
     return apply_domain_motion(points, point_domains, rotation_vectors, translations, centroids)
 
 
-def domain_bead_positions(context: ModelContext, motion, amplitudes):
+def domain_bead_positions(
+    context: ModelContext, motion: Float[Array, " n_motion"], amplitudes: Float[Array, " n_modes"]
+) -> Float[Array, "n_beads 3"]:
     """Bead positions `(n_beads, 3)`: modes first, then each domain's rigid motion about its
     reference centroid. `motion` is `(6 (n_domains − 1),)`: rotation vectors (rad), then translations (Å)."""
     beads = context.bead_positions_in_angstroms + context.bead_displacements_from_amplitudes(amplitudes)
     return _move(context, beads, context.bead_domains, motion)
 
 
-def domain_positions(context: ModelContext, motion, amplitudes):
+def domain_positions(
+    context: ModelContext,
+    motion: Float[Array | np.ndarray, "*batch n_motion"],
+    amplitudes: Float[Array | np.ndarray, "*batch n_modes"],
+) -> Float[Array, "*batch n_atoms 3"]:
     """Atom positions `(..., n_atoms, 3)` for domain motions `(..., 6 (n_domains − 1))` and mode
     amplitudes `(..., n_modes)`; every atom moves with its bead's domain."""
 
@@ -51,7 +61,16 @@ def domain_positions(context: ModelContext, motion, amplitudes):
     return flat.reshape(*motion.shape[:-1], *flat.shape[-2:])
 
 
-def domains(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n_particles: int, indices=None):
+def domains(
+    *,
+    images: Float[Array | np.ndarray, "batch y x"] | None,
+    rotations: Float[Array | np.ndarray, "batch 3 3"],
+    shifts_in_angstroms: Float[Array | np.ndarray, "batch 2"],
+    ctf: CTFParameters,
+    context: ModelContext,
+    n_particles: int,
+    indices: Int[Array | np.ndarray, " batch"] | None = None,
+) -> None:
     """Domain motions composed with modes: large hinge motions as rigid-body motions of domains
     (e.g. adenylate kinase's NMP and LID relative to its CORE), with the elastic-network modes for
     what is left.
@@ -102,5 +121,5 @@ def domains(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContex
         )
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         positions = domain_positions(context, motion, amplitudes)
-        predicted = render_images(context.image_model, positions, rotations, shifts, ctf)
+        predicted = render_images(image_model_of(context), positions, rotations, shifts, ctf)
         observe_images(context, predicted, noise_std, images)

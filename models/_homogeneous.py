@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jaxtyping import Array, Float, Int
+
+from atomicspi.microscope import CTFParameters
 
 from ._context import ModelContext
-from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
 
 __all__ = ["homogeneous"]
 
 
-def homogeneous(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n_particles: int, indices=None):
+def homogeneous(
+    *,
+    images: Float[Array | np.ndarray, "batch y x"] | None,
+    rotations: Float[Array | np.ndarray, "batch 3 3"],
+    shifts_in_angstroms: Float[Array | np.ndarray, "batch 2"],
+    ctf: CTFParameters,
+    context: ModelContext,
+    n_particles: int,
+    indices: Int[Array | np.ndarray, " batch"] | None = None,
+) -> None:
     """One structure for all particles, fitted to the images directly (not to a map).
 
     **Random variables:** globals `spring_constant`, `noise_std`, `displacement` (n_beads, 3) Å with
@@ -31,5 +44,5 @@ def homogeneous(*, images, rotations, shifts_in_angstroms, ctf, context: ModelCo
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         atom_positions = jnp.broadcast_to(positions, (batch_size, *positions.shape))
-        predicted = render_images(context.image_model, atom_positions, rotations, shifts, ctf)
+        predicted = render_images(image_model_of(context), atom_positions, rotations, shifts, ctf)
         observe_images(context, predicted, noise_std, images)

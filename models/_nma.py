@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
+from jaxtyping import Array, Float, Int
 
+from atomicspi.microscope import CTFParameters
 from atomicspi.structure import mode_amplitude_prior
 
 from ._context import ModelContext
-from ._likelihood import observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
 
 __all__ = ["nma", "nma_positions"]
 
 
-def nma_positions(context: ModelContext, amplitudes):
+def nma_positions(
+    context: ModelContext, amplitudes: Float[Array | np.ndarray, "*batch n_modes"]
+) -> Float[Array, "*batch n_atoms 3"]:
     """Atom positions `(..., n_atoms, 3)` for mode amplitudes `(..., n_modes)` (Å)."""
     displacements = jnp.einsum("...k,kbc->...bc", amplitudes, context.mode_vectors)
     return context.reference_positions_in_angstroms + displacements[..., context.atom_to_bead, :]
 
 
-def nma(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n_particles: int, indices=None):
+def nma(
+    *,
+    images: Float[Array | np.ndarray, "batch y x"] | None,
+    rotations: Float[Array | np.ndarray, "batch 3 3"],
+    shifts_in_angstroms: Float[Array | np.ndarray, "batch 2"],
+    ctf: CTFParameters,
+    context: ModelContext,
+    n_particles: int,
+    indices: Int[Array | np.ndarray, " batch"] | None = None,
+) -> None:
     """Normal-mode model (aNiMAte's idea, made Bayesian).
 
     **Random variables:** globals `spring_constant`, `noise_std` (see `sample_globals`); in the
@@ -42,5 +56,5 @@ def nma(*, images, rotations, shifts_in_angstroms, ctf, context: ModelContext, n
         amplitudes = numpyro.sample("amplitudes", prior)
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         positions = nma_positions(context, amplitudes)
-        predicted = render_images(context.image_model, positions, rotations, shifts, ctf)
+        predicted = render_images(image_model_of(context), positions, rotations, shifts, ctf)
         observe_images(context, predicted, noise_std, images)

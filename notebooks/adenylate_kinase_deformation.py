@@ -25,15 +25,20 @@ import os
 import pathlib
 import tempfile
 
-import arviz as az
 import matplotlib.pyplot as plt
-import mdtraj
 import numpy as np
 
-from atomicspi._example import ADENYLATE_KINASE_DOMAINS, example_structure_paths
-from atomicspi._pipeline import run_inference
-from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
-from atomicspi.io import load_config
+from atomicspi.api import (
+    ADENYLATE_KINASE_DOMAINS,
+    example_structure_paths,
+    interpolated_conformations,
+    load_ensemble,
+    load_posterior,
+    load_truth,
+    run_inference,
+    simulate_particles,
+    write_simulated_dataset,
+)
 from atomicspi.structure import load_structure
 
 TINY = bool(os.environ.get("ATOMICSPI_NOTEBOOK_TINY"))
@@ -64,7 +69,7 @@ print(dataset_yaml.read_text())
 # The same as `python -m atomicspi.infer dataset.yaml`.
 
 # %%
-output = run_inference(load_config(dataset_yaml), progress=not TINY)
+output = run_inference(dataset_yaml, progress=not TINY)
 
 # %% [markdown]
 # ## Compare with the truth
@@ -73,15 +78,15 @@ output = run_inference(load_config(dataset_yaml), progress=not TINY)
 # arbitrary, the ordering is not).
 
 # %%
-trajectory = mdtraj.load(str(output / "ensemble_mean.dcd"), top=str(output / "topology.pdb"))
+trajectory = load_ensemble(output)  # frame i: particle i's posterior mean (mdtraj, nm)
 estimate = trajectory.xyz[:, trajectory.topology.select("name CA")] * 10.0
-truth = np.load(folder / "truth.npz")["calpha_positions_in_angstroms"]
+truth = load_truth(folder)["calpha_positions_in_angstroms"]
 reference = closed.calpha().positions_in_angstroms
 rmsd_fit = np.sqrt(((estimate - truth) ** 2).sum(-1).mean(-1))
 rmsd_reference = np.sqrt(((reference[None] - truth) ** 2).sum(-1).mean(-1))
 print(f"median Cα RMSD to the truth: posterior mean {np.median(rmsd_fit):.2f} Å, reference {np.median(rmsd_reference):.2f} Å")
 
-z = az.from_netcdf(str(output / "posterior.nc")).posterior["z"]
+z = load_posterior(output).posterior["z"]
 z_mean = z.mean(dim=("chain", "draw")).values  # (particle, latent)
 centred = z_mean - z_mean.mean(axis=0)
 principal = np.linalg.svd(centred, full_matrices=False)[2][0]

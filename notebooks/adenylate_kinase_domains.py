@@ -24,13 +24,18 @@ import os
 import pathlib
 import tempfile
 
-import mdtraj
 import numpy as np
 
-from atomicspi._example import ADENYLATE_KINASE_DOMAINS, example_structure_paths
-from atomicspi._pipeline import run_inference
-from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
-from atomicspi.io import load_config
+from atomicspi.api import (
+    ADENYLATE_KINASE_DOMAINS,
+    example_structure_paths,
+    interpolated_conformations,
+    load_ensemble,
+    load_truth,
+    run_inference,
+    simulate_particles,
+    write_simulated_dataset,
+)
 from atomicspi.structure import load_structure
 
 TINY = bool(os.environ.get("ATOMICSPI_NOTEBOOK_TINY"))
@@ -61,16 +66,16 @@ print(dataset_yaml.read_text())
 # The same as `python -m atomicspi.infer dataset.yaml`.
 
 # %%
-output = run_inference(load_config(dataset_yaml), progress=not TINY)
+output = run_inference(dataset_yaml, progress=not TINY)
 
 # %% [markdown]
 # ## Compare with the truth
 # Cα RMSD of each particle's posterior mean to its true structure, against the reference's.
 
 # %%
-trajectory = mdtraj.load(str(output / "ensemble_mean.dcd"), top=str(output / "topology.pdb"))
+trajectory = load_ensemble(output)  # frame i: particle i's posterior mean (mdtraj, nm)
 estimate = trajectory.xyz[:, trajectory.topology.select("name CA")] * 10.0
-truth = np.load(folder / "truth.npz")["calpha_positions_in_angstroms"]
+truth = load_truth(folder)["calpha_positions_in_angstroms"]
 reference = closed.calpha().positions_in_angstroms
 rmsd_fit = np.sqrt(((estimate - truth) ** 2).sum(-1).mean(-1))
 rmsd_reference = np.sqrt(((reference[None] - truth) ** 2).sum(-1).mean(-1))

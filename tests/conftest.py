@@ -1,10 +1,29 @@
+import importlib.util
 import os
 import pathlib
+import sys
 
 import pytest
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("ATOMICSPI_SHARED_DATA", REPOSITORY.parent / "shared" / "data"))
+
+# Runtime shape and type checks (GitHub issue 21): every function and dataclass of these packages
+# imported during the tests is wrapped in `jaxtyping.jaxtyped(typechecker=...)` (beartype, see
+# tests/_typechecking.py), so a call with an array of the wrong shape, dtype or type fails where it
+# is made. Inside `jax.jit` the checks run once, at trace time. ATOMICSPI_TYPECHECK=0 turns them off
+# (e.g. to time the tests without them); without beartype installed they are off.
+TYPECHECKED_PACKAGES = ["atomicspi.models", "atomicspi.inference"]
+TYPECHECKING = os.environ.get("ATOMICSPI_TYPECHECK", "1") != "0" and importlib.util.find_spec("beartype") is not None
+if TYPECHECKING:
+    from jaxtyping import install_import_hook
+
+    already = [name for name in TYPECHECKED_PACKAGES if name in sys.modules]
+    assert not already, f"imported before the type-checking import hook could be installed: {already}"
+    tests = str(pathlib.Path(__file__).resolve().parent)
+    if tests not in sys.path:  # the hook imports the checker by name (`--import-mode=importlib` leaves this out)
+        sys.path.insert(0, tests)
+    install_import_hook(TYPECHECKED_PACKAGES, "_typechecking.typechecker")
 
 
 @pytest.fixture(scope="session")

@@ -181,11 +181,55 @@ def star_box_disagrees_with_stack(tmp):
     return lambda: io.load_particles(star(tmp)), "p.star", "box size"
 
 
-def star_optics_groups_disagree_in_pixel_size(tmp):
+def star30_particles_disagree_in_pixel_size(tmp):
+    # RELION 3.0 files (no optics table) must have one pixel size; 3.1 optics groups may differ
+    # (they are resampled to the finest: tests/test_optics_terms.py)
     stack(tmp)
-    rows = [f"{i}@s.mrcs 10000 9000 30 {g} 10 20 30 0.5 -0.5" for i, g in ((1, 1), (2, 2), (3, 1))]
-    optics = ["1 og1 1.5 8 300 2.7 0.1", "2 og2 1.6 8 300 2.7 0.1"]
-    return lambda: io.load_particles(star(tmp, rows=rows, optics_rows=optics)), "p.star", "rlnImagePixelSize"
+    path = tmp / "p.star"
+    path.write_text("data_\nloop_\n_rlnImageName\n_rlnImagePixelSize\n1@s.mrcs 1.5\n2@s.mrcs 1.6\n")
+    return lambda: io.load_particles(path), "p.star", "rlnImagePixelSize"
+
+
+MAGNIFICATION_COLUMNS = ["rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"]
+
+
+def star_anisotropic_magnification(tmp):
+    stack(tmp)
+    optics = ["1 og1 1.5 8 300 2.7 0.1 1.01 0.0 0.0 0.99"]
+    return (
+        lambda: io.load_particles(star(tmp, optics_rows=optics, optics_columns=OPTICS_COLUMNS + MAGNIFICATION_COLUMNS)),
+        "p.star",
+        "rlnMagMat00",
+    )
+
+
+def _flag_case(name: str, column: str):
+    """A case: the valid star with `column` = 1 in its optics table, refused naming `column`."""
+
+    def case(tmp):
+        stack(tmp)
+        loading = lambda: io.load_particles(  # noqa: E731
+            star(tmp, optics_rows=["1 og1 1.5 8 300 2.7 0.1 1"], optics_columns=OPTICS_COLUMNS + [column])
+        )
+        return loading, "p.star", column
+
+    case.__name__ = name
+    return case
+
+
+star_ctf_premultiplied = _flag_case("star_ctf_premultiplied", "rlnCtfDataAreCtfPremultiplied")
+star_phase_flipped = _flag_case("star_phase_flipped", "rlnCtfDataArePhaseFlipped")
+star_ctf_corrected = _flag_case("star_ctf_corrected", "rlnCtfDataAreCtfCorrected")
+
+
+def star_nan_zernike(tmp):
+    stack(tmp)
+    optics = ["1 og1 1.5 8 300 2.7 0.1 [0.1,nan]"]
+    return (
+        lambda: io.load_particles(star(tmp, optics_rows=optics, optics_columns=OPTICS_COLUMNS + ["rlnOddZernike"])),
+        "p.star",
+        "rlnOddZernike",
+    )
 
 
 def star_missing_voltage(tmp):
@@ -384,6 +428,36 @@ def cs_with(tmp, field, value, row=slice(None)):
     return path
 
 
+def cs_with_field(tmp, field, width, value, row=1):
+    """The valid `.cs` of `cs()` with an extra float32 `field` of `width` values per row, zero
+    except `value` in `row`."""
+    path = cs(tmp)
+    table = np.load(path)
+    extra = np.zeros(len(table), dtype=table.dtype.descr + [(field, "<f4", (width,))])
+    for name in table.dtype.names:
+        extra[name] = table[name]
+    extra[field][row] = value
+    with open(path, "wb") as file:
+        np.save(file, extra)
+    return path
+
+
+def _cs_aberration_case(name: str, field: str, width: int, value):
+    def case(tmp):
+        stack(tmp)
+        return lambda: io.load_particles(cs_with_field(tmp, field, width, value)), "p.cs", field
+
+    case.__name__ = name
+    return case
+
+
+cs_trefoil = _cs_aberration_case("cs_trefoil", "ctf/trefoil_A", 2, [120.0, 0.0])
+cs_tetrafoil = _cs_aberration_case("cs_tetrafoil", "ctf/tetra_A", 4, [0.0, 300.0, 0.0, 0.0])
+cs_anisotropic_magnification = _cs_aberration_case("cs_anisotropic_magnification", "ctf/anisomag", 4, [0.01, 0.0, 0.0, -0.01])
+cs_ctf_shift = _cs_aberration_case("cs_ctf_shift", "ctf/shift_A", 2, [0.5, 0.0])
+cs_tilt_beyond_cs = _cs_aberration_case("cs_tilt_beyond_cs", "ctf/tilt_A", 2, [3e7, 0.0])  # |sin τ| > 1
+
+
 def cs_negative_pixel_size(tmp):
     stack(tmp)
     return lambda: io.load_particles(cs_with(tmp, "blob/psize_A", -1.5)), "p.cs", "blob/psize_A"
@@ -459,7 +533,9 @@ CASES = [
     truncated_mrcs, nan_image, inf_image_in_minibatch, non_square_mrc, not_an_mrc,
     star_missing_optics_group, star_missing_column, star_duplicate_column, star_non_numeric_field,
     star_short_row, star_index_past_end, star_missing_stack, star_bad_image_name, star_mixed_box_sizes,
-    star_box_disagrees_with_stack, star_optics_groups_disagree_in_pixel_size, star_missing_voltage,
+    star_box_disagrees_with_stack, star30_particles_disagree_in_pixel_size, star_missing_voltage,
+    star_anisotropic_magnification, star_ctf_premultiplied, star_phase_flipped, star_ctf_corrected,
+    star_nan_zernike, cs_trefoil, cs_tetrafoil, cs_anisotropic_magnification, cs_ctf_shift, cs_tilt_beyond_cs,
     star30_magnification_missing, star_not_a_star_file, cs_missing_field, cs_missing_ctf_field,
     cs_mixed_box_sizes, cs_nan_defocus, cs_not_a_table, cs_object_array, pickle_carrying_code,
     pickle_wrong_shape, poses_count_mismatch, missing_particles_path, unsupported_particles_suffix,
@@ -500,6 +576,13 @@ def test_the_valid_inputs_behind_the_cases_load(tmp_path):
     poses = tmp_path / "poses.pkl"
     poses.write_bytes(pickle.dumps((np.broadcast_to(np.eye(3), (3, 3, 3)).copy(), np.zeros((3, 2))), protocol=5))
     assert io.load_particles(tmp_path / "s.mrcs", poses=poses).rotations.shape == (3, 3, 3)
+    # what the optics refusals accept: an identity magnification matrix (as RELION writes it),
+    # the processing flags at 0, zero cryoSPARC aberrations
+    columns = OPTICS_COLUMNS + MAGNIFICATION_COLUMNS + ["rlnCtfDataAreCtfPremultiplied", "rlnCtfDataArePhaseFlipped"]
+    plain = io.load_particles(star(tmp_path, optics_rows=["1 og1 1.5 8 300 2.7 0.1 1.000000 0.000000 0.000000 1.000000 0 0"], optics_columns=columns))
+    assert len(plain) == 3 and dict(plain.optics_groups[0].extra)["rlnMagMat00"] == "1.0"
+    for field, width in (("ctf/trefoil_A", 2), ("ctf/tetra_A", 4), ("ctf/anisomag", 4), ("ctf/shift_A", 2), ("ctf/tilt_A", 2)):
+        assert len(io.load_particles(cs_with_field(tmp_path, field, width, 0.0))) == 3, field
 
 
 # Run-level cases: `python -m atomicspi.infer dataset.yaml` (called in-process) must exit with status 2
@@ -517,10 +600,10 @@ def reference(folder: pathlib.Path, n_residues=3, name="ref.pdb"):
     return path
 
 
-def run_folder(tmp, yaml_text=VALID_YAML, values=None, optics_rows=None):
+def run_folder(tmp, yaml_text=VALID_YAML, values=None, optics_rows=None, optics_columns=None):
     """stack + star + a 3-residue reference + dataset.yaml in `tmp`; returns the yaml."""
     stack(tmp, values=values)
-    star(tmp, optics_rows=optics_rows)
+    star(tmp, optics_rows=optics_rows, optics_columns=optics_columns)
     reference(tmp)
     path = tmp / "dataset.yaml"
     path.write_text(yaml_text)
@@ -568,9 +651,21 @@ def run_blank_stack(tmp):
     return run_folder(tmp, values=np.zeros((3, 8, 8), dtype=np.float32)), "p.star", "blank"
 
 
+def run_anisotropic_magnification(tmp):
+    optics = ["1 og1 1.5 8 300 2.7 0.1 1.0 0.02 0.0 1.0"]
+    return run_folder(tmp, optics_rows=optics, optics_columns=OPTICS_COLUMNS + MAGNIFICATION_COLUMNS), "p.star", "rlnMagMat01"
+
+
+def run_ctf_premultiplied(tmp):
+    optics = ["1 og1 1.5 8 300 2.7 0.1 1"]
+    columns = OPTICS_COLUMNS + ["rlnCtfDataAreCtfPremultiplied"]
+    return run_folder(tmp, optics_rows=optics, optics_columns=columns), "p.star", "rlnCtfDataAreCtfPremultiplied"
+
+
 RUN_CASES = [
     run_negative_pixel_size, run_zero_pixel_size, run_amplitude_contrast_seven, run_duplicate_key,
     run_domains_beyond_the_reference, run_overlapping_domains, run_zero_background, run_blank_stack,
+    run_anisotropic_magnification, run_ctf_premultiplied,
 ]
 
 

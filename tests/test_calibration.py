@@ -18,6 +18,7 @@ import pytest
 from numpyro import handlers
 from numpyro.infer import Predictive
 
+from atomicspi._families import FAMILIES
 from atomicspi.inference import AmortizedGuide, draw_posterior, fit, make_epoch_minibatches, make_optimizer, make_svi
 from atomicspi.microscope import CTFParameters, make_image_model, sample_uniform_rotations
 from atomicspi.models import ModelOptions, build_model_context, nma
@@ -75,7 +76,7 @@ def run_calibration(example_structure_path, seed):
             "defocus_in_angstroms": defocus[indices],
         }
 
-    guide = _with_ctf(AmortizedGuide("nma", context, BOX, jax.random.fold_in(key, 2)))
+    guide = _with_ctf(AmortizedGuide(FAMILIES["nma"].local_sites(context), context, BOX, key=jax.random.fold_in(key, 2)))
     model_arguments = {"context": context, "n_particles": N_PARTICLES}
     # Cosine-decayed Adam, 3e-2 for the per-particle offsets (a particle is in one minibatch per epoch)
     # and 1e-2 for the encoder and globals. Undertrained, the intervals are too narrow (constant Adam
@@ -88,7 +89,8 @@ def run_calibration(example_structure_path, seed):
         for start in range(0, N_PARTICLES, BATCH_SIZE)
     ]
     local, global_ = draw_posterior(
-        guide, result.parameters, in_order, N_DRAWS, jax.random.fold_in(key, 3), model_arguments, ["amplitudes"]
+        guide, result.parameters, in_order, N_DRAWS,
+        key=jax.random.fold_in(key, 3), model_arguments=model_arguments, local_sites=["amplitudes"],
     )
     return true_amplitudes, local["amplitudes"], global_
 
@@ -100,6 +102,7 @@ def central_interval_coverage(truth, draws, mass):
     return np.mean((truth >= lower) & (truth <= upper))
 
 
+@pytest.mark.slow  # 1,500 SVI steps on 256 particles, then 400 draws each
 def test_central_90_percent_intervals_of_mode_amplitudes_cover_the_truth_85_to_95_percent(example_structure_path):
     start = time.perf_counter()
     truth, draws, global_ = run_calibration(example_structure_path, SEED)

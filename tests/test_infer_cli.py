@@ -103,6 +103,7 @@ def test_missing_yaml_and_python_tags(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow  # three runs of the command, two of them 1,000 steps
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path):
     """The real command, killed with SIGKILL after a checkpoint, resumes to the same parameters."""
     import os

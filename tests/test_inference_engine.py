@@ -2,6 +2,7 @@
 linear-Gaussian model with a known posterior, the NaN/Inf guard, atomic checkpoints, SIGKILL/SIGTERM
 and resume of a real training subprocess, and data parallelism over two (CPU) devices."""
 
+import io
 import json
 import os
 import pathlib
@@ -91,7 +92,7 @@ def test_per_particle_parameters_are_subsampled_at_the_batch_indices():
     )
     indices = np.array([1, 5, 6, 30, 31, 50, 62, 63])
     batch = _toy_batch(indices)
-    state = initialize_training(svi, jax.random.PRNGKey(0), batch)
+    state = initialize_training(svi, key=jax.random.PRNGKey(0), batch=batch)
     state, _ = make_training_step(svi)(state, _stacked(batch))
     moved = np.any(np.asarray(svi.get_params(state.svi_state)["local_loc"]) != 0, axis=1)
     np.testing.assert_array_equal(np.flatnonzero(moved), indices)
@@ -128,7 +129,7 @@ def test_a_non_finite_batch_is_skipped_and_counted():
     svi = _toy_svi()
     step = make_training_step(svi)
     good = _toy_batch(np.arange(16))
-    state = initialize_training(svi, jax.random.PRNGKey(0), good)
+    state = initialize_training(svi, key=jax.random.PRNGKey(0), batch=good)
     state, _ = step(state, _stacked(good))
     before = svi.get_params(state.svi_state)
     key_before = np.asarray(state.svi_state.rng_key)
@@ -182,11 +183,11 @@ def test_epoch_minibatches_are_permutations_determined_by_seed_and_step():
 def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
     svi = _toy_svi()
     batch = _toy_batch(np.arange(16))
-    state = initialize_training(svi, jax.random.PRNGKey(0), batch)
+    state = initialize_training(svi, key=jax.random.PRNGKey(0), batch=batch)
     state, _ = make_training_step(svi)(state, _stacked(batch))
     path = tmp_path / "checkpoint.npz"
     save_checkpoint(path, state, elbo_history=np.array([-3.0, np.nan]), metadata={"step": 1, "seed": 0})
-    template = initialize_training(svi, jax.random.PRNGKey(99), batch)
+    template = initialize_training(svi, key=jax.random.PRNGKey(99), batch=batch)
     restored = load_checkpoint(path, template)
     assert jax.tree_util.tree_structure(restored.state) == jax.tree_util.tree_structure(state)
     for stored, original in zip(jax.tree_util.tree_leaves(restored.state), jax.tree_util.tree_leaves(state)):
@@ -196,7 +197,7 @@ def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
     assert restored.metadata["step"] == 1
     assert json.loads((tmp_path / "checkpoint.json").read_text())["seed"] == 0
 
-    other_optimizer = initialize_training(_toy_svi(optax.sgd(0.1)), jax.random.PRNGKey(0), batch)
+    other_optimizer = initialize_training(_toy_svi(optax.sgd(0.1)), key=jax.random.PRNGKey(0), batch=batch)
     with pytest.raises(InputError, match="checkpoint.npz: leaves"):
         load_checkpoint(path, other_optimizer)
     leaves, treedef = jax.tree_util.tree_flatten(template)
@@ -261,6 +262,27 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     restored = load_checkpoint(path, first)  # the previous checkpoint, whole
     np.testing.assert_array_equal(restored.state["weights"], np.arange(4.0) + 1)
     assert restored.metadata["step"] == 2
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.npz"]
+
+    # A crash in the middle of writing the data (half the archive's bytes out, then SIGINT's
+    # KeyboardInterrupt, which is not an Exception): whatever file was being written, the
+    # checkpoint on disk is still the previous one, whole, and no temporary file is left.
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    real_savez = np.savez
+
+    def interrupted_savez(stream, **arrays):
+        buffer = io.BytesIO()
+        real_savez(buffer, **arrays)
+        stream.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted_savez)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"weights": jnp.arange(4.0) + 3}, elbo_history=np.zeros(4), metadata={"step": 4})
+    restored = load_checkpoint(path, first)
+    np.testing.assert_array_equal(restored.state["weights"], np.arange(4.0) + 1)
+    assert restored.metadata["step"] == 2
+    assert json.loads(checkpoint_metadata_path(path).read_text())["step"] == 2
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.npz"]
 
 

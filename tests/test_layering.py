@@ -1,9 +1,10 @@
 """Imports go one way, downward, through layers (GitHub issue 21).
 
-    bottom (atomicspi, atomicspi._errors, atomicspi.conventions)
+    bottom (atomicspi, atomicspi._errors, atomicspi.conventions, atomicspi._quiet)
       < {atomicspi.io, atomicspi.structure, atomicspi.microscope}  (not each other)
       < atomicspi.models < atomicspi.inference
-      < pipeline and command lines (_pipeline, infer, simulate, landscape, _simulation, _example, _outputs);
+      < pipeline, command lines and their Python interface (_pipeline, api, _families, _batches, infer,
+        simulate, landscape, _simulation, _example, _outputs);
     atomicspi.products (reads outputs) imports only the bottom, io and structure.
 
 Every module of the installed package is parsed with `ast`; every `import` and `from` statement,
@@ -52,6 +53,9 @@ _GROUP_OF_PREFIX = {
     "atomicspi.models": "models",
     "atomicspi.inference": "inference",
     "atomicspi._pipeline": TOP,
+    "atomicspi.api": TOP,  # the public Python interface to the pipeline, the simulator and the outputs
+    "atomicspi._families": TOP,
+    "atomicspi._batches": TOP,
     "atomicspi.infer": TOP,
     "atomicspi.simulate": TOP,
     "atomicspi.landscape": TOP,

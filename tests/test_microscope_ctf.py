@@ -1,5 +1,6 @@
 """CTF and Peng form factors against independent references (RELION's formulas, cryoJAX, Mott-Bethe)."""
 
+import _relion_optics as relion
 import gemmi
 import jax.numpy as jnp
 import numpy as np
@@ -94,22 +95,57 @@ def test_even_zernike_defocus_term_equals_defocus_and_phase_change(x64):
     np.testing.assert_allclose(np.asarray(with_zernike), np.asarray(equivalent), atol=1e-10)
 
 
-def test_beam_tilt_phase_matches_relion_apply_beam_tilt(x64):
+def test_beam_tilt_phase_is_relions_forward_model(x64):
+    """The phase beam tilt adds to predicted images is RELION's: 3.0's `LegacyObservationModel::
+    predictObservation` applies `selfApplyBeamTilt` with `-τ` (fftw.cpp: delta_phase in degrees
+    = factor (ip² + jp²)(ip τ_y + jp τ_x)); 3.1+ folds τ into the odd Zernike terms
+    (`TiltHelper::insertTilt`) and multiplies by `exp(i Σ c_j Z_j)`. Both agree, and fix the sign.
+    Tolerance: float64 round-off (the phase reaches ~60 rad here, 1e-9 relative is ~1e5 ulps)."""
     box, pixel = 40, 1.2
     frequencies = np.asarray(rfft_frequencies(box, pixel))
+    tilt_x, tilt_y = 0.4, -0.25
     parameters = CTFParameters(
         15000.0, 15000.0, spherical_aberration_in_millimeters=2.7,
-        beam_tilt_x_in_milliradians=0.4, beam_tilt_y_in_milliradians=-0.25,
+        beam_tilt_x_in_milliradians=tilt_x, beam_tilt_y_in_milliradians=tilt_y,
     )
-    ours = np.rad2deg(np.asarray(compute_odd_aberration_phase(jnp.asarray(frequencies), parameters)))
-    # RELION applyBeamTilt: delta_phase (degrees) = factor (ip² + jp²)(ip tilt_y + jp tilt_x)
-    lam = float(wavelength_in_angstroms(300.0))
+    ours = np.asarray(compute_odd_aberration_phase(jnp.asarray(frequencies), parameters))
+    lam = float(wavelength_in_angstroms(300.0))  # RELION's rounded constants differ by 6e-6 (relative)
     boxsize = pixel * box
     factor = 0.360 * 2.7 * 1e7 * lam * lam / boxsize**3
     ip = frequencies[..., 1] * boxsize
     jp = frequencies[..., 0] * boxsize
-    relion = factor * (ip**2 + jp**2) * (ip * -0.25 + jp * 0.4)
-    np.testing.assert_allclose(ours, relion, rtol=1e-9, atol=1e-12)
+    legacy = np.deg2rad(factor * (ip**2 + jp**2) * (ip * -tilt_y + jp * -tilt_x))
+    np.testing.assert_allclose(ours, legacy, rtol=1e-9, atol=1e-12)
+    folded = relion.odd_phase(frequencies[..., 0], frequencies[..., 1], (), tilt_x, tilt_y, 2.7, wavelength=lam)
+    np.testing.assert_allclose(ours, folded, rtol=1e-9, atol=1e-9)
+    assert np.abs(ours).max() > 1.0  # a phase that matters
+
+
+def test_zernike_terms_b_factor_and_scale_match_relion(x64):
+    """Odd and even Zernike coefficients (RELION's default orders: 6 odd, 9 even) with beam tilt,
+    B-factor, scale, astigmatism and a phase plate, against RELION's `getPhaseCorrection`,
+    `getGammaOffset` and `CTF::getCTF` written out in tests/_relion_optics.py. Tolerance: float64
+    round-off (arguments up to ~100 rad)."""
+    box, pixel = 48, 1.1
+    frequencies = np.asarray(rfft_frequencies(box, pixel))
+    x, y = frequencies[..., 0], frequencies[..., 1]
+    odd = np.array([1.5, -2.0, 300.0, -150.0, 80.0, 220.0])
+    even = np.array([0.3, -20.0, 15.0, 25.0, 900.0, -700.0, 400.0, 650.0, -1200.0])
+    values = dict(defocus_u=14000.0, defocus_v=12500.0, angle_degrees=33.0, kilovolts=200.0, cs_mm=2.0, q0=0.07,
+                  phase_degrees=40.0, b_factor=60.0, scale=0.8)
+    parameters = CTFParameters(
+        values["defocus_u"], values["defocus_v"], values["angle_degrees"], values["kilovolts"], values["cs_mm"],
+        values["q0"], values["phase_degrees"], values["b_factor"], values["scale"],
+        beam_tilt_x_in_milliradians=-0.3, beam_tilt_y_in_milliradians=0.7,
+        odd_zernike_coefficients=jnp.asarray(odd), even_zernike_coefficients=jnp.asarray(even),
+    )
+    lam = float(wavelength_in_angstroms(200.0))
+    ours_phase = np.asarray(compute_odd_aberration_phase(jnp.asarray(frequencies), parameters))
+    np.testing.assert_allclose(ours_phase, relion.odd_phase(x, y, odd, -0.3, 0.7, 2.0, wavelength=lam), rtol=1e-9, atol=1e-9)
+    ours_ctf = np.asarray(compute_ctf(jnp.asarray(frequencies), parameters))
+    np.testing.assert_allclose(ours_ctf, relion.ctf(x, y, **values, even_coefficients=even, wavelength=lam), atol=1e-9)
+    # the terms matter at these frequencies (else the comparison would be vacuous)
+    assert np.abs(relion.even_phase(x, y, even)).max() > 1.0 and np.abs(ours_phase).max() > 1.0
 
 
 def test_ctf_equals_minus_cryojax_after_documented_conversion():
@@ -138,8 +174,10 @@ def test_peng_table_matches_cryojax():
     numbers = np.array(_SUPPORTED_ATOMIC_NUMBERS)
     theirs = PengScatteringFactorParameters(numbers)
     a, b = peng_parameters(numbers)
-    np.testing.assert_allclose(a, theirs.a, rtol=1e-6)
-    np.testing.assert_allclose(b, theirs.b, rtol=1e-6)
+    # Both are Peng's printed 4-decimal numbers (cryoJAX 0.6: Z = 1-30, 17 elements; measured equal):
+    # a mistyped last digit is at least 1e-4 / 194.4 = 5e-7 relative, float32 storage at most 6e-8.
+    np.testing.assert_allclose(a, theirs.a, rtol=2e-7)
+    np.testing.assert_allclose(b, theirs.b, rtol=2e-7)
 
 
 # Peng, Ren, Dudarev & Whelan (1996) Table 1, typed from the paper: heavier elements than cryoJAX has.

@@ -112,7 +112,7 @@ def test_importance_resampling_corrects_a_too_narrow_guide():
         {"y": jnp.asarray(observed[i : i + 500]), "loc": jnp.asarray(posterior_mean[i : i + 500])} for i in range(0, n, 500)
     ]
     local, effective = importance_resampled_draws(
-        model, guide, {}, batches, 40, jax.random.key(0), {}, ["z"]
+        model, guide, {}, batches, 40, key=jax.random.key(0), model_arguments={}, local_sites=["z"]
     )
     draws = local["z"][..., 0]
     assert draws.shape == (n, 40)
@@ -224,7 +224,9 @@ def test_relocated_modes_moves_particles_stuck_in_the_wrong_basin():
         (64, {"y": jnp.asarray(observed[i : i + 64]), "loc": jnp.asarray(start[i : i + 64]), "indices": jnp.arange(i, i + 64)})
         for i in range(0, n, 64)
     ]
-    shifts, relocated, gains = relocated_modes(model, guide, {}, lambda: batches, jax.random.key(0), {}, n_candidates=4)
+    shifts, relocated, gains = relocated_modes(
+        model, guide, {}, lambda: batches, key=jax.random.key(0), model_arguments={}, n_candidates=4
+    )
     np.testing.assert_array_equal(relocated, wrong)
     assert np.all(gains[wrong] > 1.0)
     moved = start + shifts[:, 0]

@@ -12,6 +12,7 @@ import json
 
 import mdtraj
 import numpy as np
+import pytest
 import scipy.stats
 
 from atomicspi._example import ADENYLATE_KINASE_DOMAINS
@@ -28,6 +29,7 @@ def _calpha_rmsd(a, b):
     return np.sqrt(((a - b) ** 2).sum(-1).mean(-1))
 
 
+@pytest.mark.slow  # a whole fit without domains: linear start, 300 steps on 256 particles, mode relocation
 def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, example_structure_path):
     closed = load_structure(example_structure_path).calpha()
     closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))

@@ -4,6 +4,7 @@ version of the issue-5 benchmark in `bench/adk_interpolation.py`)."""
 
 import mdtraj
 import numpy as np
+import pytest
 
 from atomicspi._example import ADENYLATE_KINASE_DOMAINS
 from atomicspi._pipeline import run_inference
@@ -16,6 +17,7 @@ def _calpha_rmsd(a, b):
     return np.sqrt(((a - b) ** 2).sum(-1).mean(-1))
 
 
+@pytest.mark.slow  # a whole fit: 250 steps on 192 particles
 def test_deformation_recovers_interpolated_conformations(tmp_path, example_structure_path):
     closed = load_structure(example_structure_path).calpha()
     closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))

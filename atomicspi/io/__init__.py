@@ -13,6 +13,9 @@ from ._cryodrgn import read_restricted_pickle as read_restricted_pickle
 from ._cryosparc import read_cryosparc as read_cryosparc
 from ._cryosparc import write_cryosparc as write_cryosparc
 from ._dataset import CTF_FIELDS as CTF_FIELDS
+from ._dataset import OPTICS_GROUP_CTF_FIELDS as OPTICS_GROUP_CTF_FIELDS
+from ._dataset import OPTIONAL_CTF_FIELDS as OPTIONAL_CTF_FIELDS
+from ._dataset import PER_PARTICLE_CTF_FIELDS as PER_PARTICLE_CTF_FIELDS
 from ._dataset import OpticsGroup as OpticsGroup
 from ._dataset import ParticleBatch as ParticleBatch
 from ._dataset import ParticleDataset as ParticleDataset
@@ -27,3 +30,4 @@ from ._mrc import write_stack_in_chunks as write_stack_in_chunks
 from ._star import read_relion_star as read_relion_star
 from ._star import write_particles_star as write_particles_star
 from ._star import write_relion_star as write_relion_star
+from ._star_summaries import write_star_with_columns as write_star_with_columns

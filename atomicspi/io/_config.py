@@ -69,7 +69,8 @@ class DatasetConfig:
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
-    - `device_count` (None = all visible devices).
+    - `device_count` (None = all local devices, or the most of them that divide `batch_size`):
+      devices the minibatches are split over (data parallelism; parameters replicated).
     - `domains` (None; required by `model: domains`): rigid domains as lists of inclusive residue
       ranges, e.g. adenylate kinase `[[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]`
       (CORE, NMP, LID), or a number n ≥ 2: find n quasi-rigid domains from the elastic network's
@@ -108,8 +109,11 @@ class DatasetConfig:
     importance_proposals: int | None = None
     mode_candidates: int = 8
     decoder_beads_per_block: int = 12
+    # Not a yaml key: the file this configuration was read from, for error messages about its fields.
+    yaml_path: pathlib.Path | None = dataclasses.field(default=None, compare=False)
 
 
+_NOT_YAML_KEYS = ("yaml_path",)
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
 _POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count", "importance_proposals")
@@ -206,7 +210,7 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
         raise InputError(f"{path}: yaml: not UTF-8 text") from None
     if not isinstance(document, dict):
         raise InputError(f"{path}: yaml: the document must be a mapping of keys to values, got {type(document).__name__}")
-    known = {field.name for field in dataclasses.fields(DatasetConfig)}
+    known = {field.name for field in dataclasses.fields(DatasetConfig)} - set(_NOT_YAML_KEYS)
     for key in document:
         if key not in known:
             raise InputError(f"{path}: field {key}: unknown key (known: {', '.join(sorted(known))})")
@@ -245,7 +249,7 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
     values["domains"] = _domains(values.get("domains"), path)
     if values["model"] == "domains" and values["domains"] is None:
         raise InputError(f"{path}: field domains: required by model domains (lists of [first, last] residue ranges)")
-    config = DatasetConfig(**values)
+    config = DatasetConfig(**values, yaml_path=path.resolve())
     _check_files(config, path)
     return config
 

@@ -22,6 +22,22 @@ CTF_FIELDS = (
     "amplitude_contrast_ratio",
     "phase_shift_in_degrees",
 )
+"""The CTF values every dataset with a CTF has, `(n,)` per particle."""
+
+PER_PARTICLE_CTF_FIELDS = ("b_factor_in_angstroms_squared", "scale")
+"""Optional `(n,)` per-particle CTF values (`rlnCtfBfactor`, `rlnCtfScalefactor`; cryoSPARC's
+`ctf/bfactor`, `ctf/scale`), in `ParticleDataset.ctf` only when the file has them."""
+
+OPTICS_GROUP_CTF_FIELDS = (
+    "beam_tilt_x_in_milliradians",
+    "beam_tilt_y_in_milliradians",
+    "odd_zernike_coefficients",
+    "even_zernike_coefficients",
+)
+"""Optional CTF values kept per optics group and spread to the particles in `ParticleDataset.batch`."""
+
+OPTIONAL_CTF_FIELDS = PER_PARTICLE_CTF_FIELDS + OPTICS_GROUP_CTF_FIELDS
+"""Every CTF value a batch may carry besides `CTF_FIELDS` (all are `CTFParameters` fields)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +76,13 @@ class ParticleBatch(NamedTuple):
     - `indices`: `(B,)` particle indices into the dataset.
     - `images`: `(B, D, D)` float32 images indexed `[y, x]`.
     - `ctf`: dict of `(B,)` float arrays named as `CTF_FIELDS` (the field names of
-      `atomicspi.microscope.CTFParameters`); plus `beam_tilt_x_in_milliradians` and
-      `beam_tilt_y_in_milliradians` `(B,)` when some optics group has beam tilt, and
+      `atomicspi.microscope.CTFParameters`); plus `b_factor_in_angstroms_squared` and `scale`
+      `(B,)` when the dataset has them (`PER_PARTICLE_CTF_FIELDS`), `beam_tilt_x_in_milliradians`
+      and `beam_tilt_y_in_milliradians` `(B,)` when some optics group has beam tilt, and
       `odd_zernike_coefficients` / `even_zernike_coefficients` `(B, n)` (RELION's order, padded
-      with zeros to the longest group) when some group has them; None when the dataset has no CTF.
+      with zeros to the longest group: the same `n` for every batch of a dataset) when some group
+      has them; None when the dataset has no CTF. Which keys are present is a property of the
+      dataset, the same for all its batches.
     - `rotations`: `(B, 3, 3)` RELION matrices `A`, or None.
     - `shifts_in_angstroms`: `(B, 2)` `(x, y)`, or None.
     """
@@ -85,10 +104,14 @@ class ParticleDataset:
     **Fields:**
 
     - `image_stacks`: where the images are (`ImageStacks`; nothing is read until asked).
-    - `pixel_size_in_angstroms`: one pixel size for all particles (None only before the stacks
-      were checked, for a RELION 3.0 star without pixel size columns).
+    - `pixel_size_in_angstroms`: the pixel size of the images as `images` and `batch` return them
+      (None only before the stacks were checked, for a RELION 3.0 star without pixel size
+      columns). When optics groups differ in pixel size (`OpticsGroup.pixel_size_in_angstroms`,
+      the stacks' own), it is the finest, and the other groups' images are resampled to it as
+      they are read (`resample_to_pixel_size`).
     - `box_size`: image side in pixels (None only before the stacks were checked).
-    - `ctf`: dict of `(n,)` float64 arrays named as `CTF_FIELDS`, or None when the input has no CTF.
+    - `ctf`: dict of `(n,)` float64 arrays named as `CTF_FIELDS`, plus those of
+      `PER_PARTICLE_CTF_FIELDS` the input has; None when the input has no CTF.
     - `optics_groups`: the `OpticsGroup`s; `optics_group_indices` `(n,)` indexes into them.
     - `rotations`: `(n, 3, 3)` or None; `shifts_in_angstroms`: `(n, 2)` or None.
     - `extra_columns`: RELION particle columns not interpreted here, `name -> (n,)` array, kept so
@@ -168,7 +191,10 @@ class ParticleDataset:
                     f"{self.image_stacks.source}: field pixel size: none in the metadata and none in the header of {headers[0].path}"
                 )
         groups = tuple(
-            dataclasses.replace(g, box_size=box, pixel_size_in_angstroms=pixel_size) for g in self.optics_groups
+            dataclasses.replace(
+                g, box_size=box, pixel_size_in_angstroms=g.pixel_size_in_angstroms if _known(g.pixel_size_in_angstroms) else pixel_size
+            )
+            for g in self.optics_groups
         )
         return dataclasses.replace(self, box_size=box, pixel_size_in_angstroms=pixel_size, optics_groups=groups)
 
@@ -176,13 +202,16 @@ class ParticleDataset:
         """Copy all images, in order, into one `.mrcs` stack, streamed in chunks of about 16 MiB."""
         stack_path = pathlib.Path(stack_path)
         n = len(self)
-        chunk = max(1, 2**24 // (4 * self.box_size**2))
+        box_size, pixel_size = self.box_size, self.pixel_size_in_angstroms
+        if box_size is None or pixel_size is None:
+            raise ValueError("write_images: the box size or pixel size is unknown (call check_images first)")
+        chunk = max(1, 2**24 // (4 * box_size**2))
         write_stack_in_chunks(
             stack_path,
             (self.images(np.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)),
             n,
-            self.box_size,
-            self.pixel_size_in_angstroms,
+            box_size,
+            pixel_size,
         )
         return stack_path
 
@@ -207,7 +236,22 @@ class ParticleDataset:
         """
         if indices is None:
             indices = np.arange(len(self))
-        return self.image_stacks.read(indices)
+        images = self.image_stacks.read(indices)
+        return self._on_common_grid(images, np.asarray(indices, dtype=np.int64).reshape(-1))
+
+    def _on_common_grid(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Images of optics groups whose pixel size differs from the dataset's, resampled to it
+        (`resample_to_pixel_size`); the others untouched."""
+        target = self.pixel_size_in_angstroms
+        if target is None or len(self.optics_groups) < 2:
+            return images
+        groups = self.optics_group_indices[indices]
+        for number in np.unique(groups):
+            source = self.optics_groups[number].pixel_size_in_angstroms
+            if _known(source) and not same_pixel_size(source, target):
+                rows = groups == number
+                images[rows] = resample_to_pixel_size(images[rows], source, target)
+        return images
 
     def batch(self, indices) -> ParticleBatch:
         """The `ParticleBatch` of particles `indices`."""
@@ -307,6 +351,47 @@ def _prefetched(dataset: ParticleDataset, chunks: list[np.ndarray], prefetch: in
         thread.join()
 
 
+PIXEL_SIZE_TOLERANCE = 1e-4
+"""Relative difference below which two pixel sizes are the same (no resampling)."""
+
+
+def _known(pixel_size) -> bool:
+    return pixel_size is not None and bool(np.isfinite(pixel_size)) and pixel_size > 0
+
+
+def same_pixel_size(a: float, b: float) -> bool:
+    """Whether two pixel sizes agree within `PIXEL_SIZE_TOLERANCE` (relative)."""
+    return abs(a - b) <= PIXEL_SIZE_TOLERANCE * max(abs(a), abs(b))
+
+
+def resample_to_pixel_size(images: np.ndarray, source_pixel_size: float, target_pixel_size: float) -> np.ndarray:
+    """Images `(B, D, D)` sampled at `source_pixel_size` resampled to `target_pixel_size` (same box
+    `D`, same centre pixel `D // 2`) by band-limited (trigonometric) interpolation.
+
+    The image is taken as the periodic band-limited function through its samples (its DFT); that
+    function is evaluated on the new grid, pixel `i` at `(i - D // 2) · target` Å from the centre.
+    This is Fourier padding to the finer pixel when the sizes are commensurate and exact for
+    band-limited images whatever the ratio; it is done separably, `R @ image @ Rᵀ`, with the 1-D
+    Dirichlet kernel `R[i, j] = (1/D) Σ_k cos(2π k (s_i - j) / D)` over the `D` frequencies of the
+    source grid (for even `D`, the Nyquist term as a cosine), `s_i` pixel `i`'s position in source
+    pixels. With a finer target (the datasets' choice: the finest group's pixel size) no content
+    is lost and nothing aliases; the new grid then covers a slightly smaller field of view, and
+    the band between the two Nyquist frequencies stays empty (the coarser images have neither
+    signal nor noise there). A coarser target would alias what lies beyond its Nyquist frequency.
+    """
+    box = images.shape[-1]
+    centre = box // 2
+    positions = (np.arange(box) - centre) * (target_pixel_size / source_pixel_size) + centre
+    difference = positions[:, None] - np.arange(box)[None, :]
+    frequencies = np.arange(1, (box - 1) // 2 + 1)
+    kernel = 1.0 + 2.0 * np.cos(2.0 * np.pi * difference[..., None] * frequencies / box).sum(axis=-1)
+    if box % 2 == 0:
+        kernel = kernel + np.cos(np.pi * difference)
+    kernel = kernel / box
+    resampled = np.einsum("ij,bjk,lk->bil", kernel, np.asarray(images, dtype=np.float64), kernel, optimize=True)
+    return resampled.astype(np.float32)
+
+
 def group_optics(
     labels: np.ndarray,
     names: dict[int, str],
@@ -317,24 +402,36 @@ def group_optics(
     amplitude_contrast_ratio: np.ndarray,
     beam_tilt_in_milliradians: np.ndarray,
     template: dict[int, OpticsGroup] | None = None,
+    odd_zernike: np.ndarray | None = None,
+    even_zernike: np.ndarray | None = None,
+    pixel_sizes_in_angstroms: np.ndarray | None = None,
 ) -> tuple[tuple[OpticsGroup, ...], np.ndarray]:
-    """Optics groups from per-particle values: one group per distinct (label, voltage, Cs, Q0, tilt).
+    """Optics groups from per-particle values: one group per distinct (label, voltage, Cs, Q0, tilt
+    and, when given, Zernike coefficients).
 
     **Arguments:**
 
     - `labels`: `(n,)` integer group labels from the file (all equal when it has none).
     - `names`: label -> group name.
-    - `pixel_size_in_angstroms`, `box_size`: shared by all groups.
+    - `pixel_size_in_angstroms`, `box_size`: shared by all groups (a template's own pixel size wins).
     - the per-particle optical values, `(n,)` each and `(n, 2)` for the beam tilt.
-    - `template`: label -> existing `OpticsGroup` whose Zernike terms and extra columns are kept.
+    - `template`: label -> existing `OpticsGroup` whose Zernike terms (unless given) and extra
+      columns are kept.
+    - `odd_zernike`, `even_zernike`: `(n, k)` per-particle RELION coefficients, or None.
+    - `pixel_sizes_in_angstroms`: `(n,)` per-particle pixel sizes of the stacks (they then join
+      the key and set each group's), or None for `pixel_size_in_angstroms` everywhere.
 
     **Returns:**
 
     `(optics_groups, optics_group_indices)`, groups numbered from 1 in order of first appearance
     of their label; a label whose particles differ in optics is split into several groups.
     """
+    n = len(labels)
+    odd = np.zeros((n, 0)) if odd_zernike is None else np.asarray(odd_zernike, dtype=np.float64).reshape(n, -1)
+    even = np.zeros((n, 0)) if even_zernike is None else np.asarray(even_zernike, dtype=np.float64).reshape(n, -1)
+    pixels = np.zeros(n) if pixel_sizes_in_angstroms is None else np.asarray(pixel_sizes_in_angstroms, dtype=np.float64)  # no NaN: np.unique splits NaNs
     keys = np.column_stack(
-        [labels, voltage_in_kilovolts, spherical_aberration_in_millimeters, amplitude_contrast_ratio, beam_tilt_in_milliradians]
+        [labels, voltage_in_kilovolts, spherical_aberration_in_millimeters, amplitude_contrast_ratio, beam_tilt_in_milliradians, pixels, odd, even]
     ).astype(np.float64)
     unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
@@ -346,18 +443,26 @@ def group_optics(
         kept = (template or {}).get(label)
         split = np.count_nonzero(unique[:, 0] == row[0]) > 1
         name = names.get(label, f"opticsGroup{label}")
+        odd_row, even_row = row[7 : 7 + odd.shape[1]], row[7 + odd.shape[1] :]
+        group_pixel_size: float | None
+        if pixel_sizes_in_angstroms is not None:
+            group_pixel_size = float(row[6])
+        elif kept and _known(kept.pixel_size_in_angstroms):
+            group_pixel_size = kept.pixel_size_in_angstroms
+        else:
+            group_pixel_size = pixel_size_in_angstroms
         groups.append(
             OpticsGroup(
                 number=number,
                 name=f"{name}_{number}" if split else name,
-                pixel_size_in_angstroms=pixel_size_in_angstroms,
+                pixel_size_in_angstroms=group_pixel_size,
                 box_size=box_size,
                 voltage_in_kilovolts=float(row[1]),
                 spherical_aberration_in_millimeters=float(row[2]),
                 amplitude_contrast_ratio=float(row[3]),
                 beam_tilt_in_milliradians=(float(row[4]), float(row[5])),
-                odd_zernike=kept.odd_zernike if kept else (),
-                even_zernike=kept.even_zernike if kept else (),
+                odd_zernike=tuple(odd_row.tolist()) if odd_zernike is not None else (kept.odd_zernike if kept else ()),
+                even_zernike=tuple(even_row.tolist()) if even_zernike is not None else (kept.even_zernike if kept else ()),
                 extra=kept.extra if kept else (),
             )
         )
@@ -380,7 +485,10 @@ def particle_dataset_from_arrays(
 
     - `stack_path`: the `.mrcs` holding the images.
     - `pixel_size_in_angstroms`: the pixel size.
-    - `ctf`: dict of `(n,)` arrays named as `CTF_FIELDS` (scalars are broadcast), or None.
+    - `ctf`: dict of `(n,)` arrays named as `CTF_FIELDS` (scalars are broadcast), or None; it may
+      also hold any of `OPTIONAL_CTF_FIELDS`: `b_factor_in_angstroms_squared`, `scale`, the beam
+      tilt `(n,)` each, and `odd_zernike_coefficients` / `even_zernike_coefficients` `(n, k)` or
+      `(k,)` (particles that differ in beam tilt or Zernike terms get their own optics groups).
     - `rotations`: `(n, 3, 3)` RELION matrices, or None.
     - `shifts_in_angstroms`: `(n, 2)`, or None (zeros when rotations are given).
 
@@ -396,11 +504,24 @@ def particle_dataset_from_arrays(
         missing = [k for k in CTF_FIELDS if k not in ctf]
         if missing:
             raise InputError(f"{stack_path}: field {missing[0]}: missing from the CTF parameters")
-        ctf = {k: np.broadcast_to(np.asarray(ctf[k], dtype=np.float64), (n,)).copy() for k in CTF_FIELDS}
+        unknown = [k for k in ctf if k not in CTF_FIELDS + OPTIONAL_CTF_FIELDS]
+        if unknown:
+            raise InputError(f"{stack_path}: field {unknown[0]}: not a CTF parameter")
+        per_particle = lambda name: np.broadcast_to(np.asarray(ctf[name], dtype=np.float64), (n,)).copy()  # noqa: E731
+        tilt = np.column_stack([
+            per_particle(name) if name in ctf else np.zeros(n)
+            for name in ("beam_tilt_x_in_milliradians", "beam_tilt_y_in_milliradians")
+        ])
+        zernike = {
+            name: np.broadcast_to(np.asarray(ctf[name], dtype=np.float64), (n, np.shape(ctf[name])[-1])).copy()
+            for name in ("odd_zernike_coefficients", "even_zernike_coefficients") if name in ctf
+        }
+        ctf = {k: per_particle(k) for k in CTF_FIELDS + PER_PARTICLE_CTF_FIELDS if k in ctf}
         groups, group_indices = group_optics(
             np.ones(n), {}, pixel_size_in_angstroms, header.box_size,
             ctf["voltage_in_kilovolts"], ctf["spherical_aberration_in_millimeters"],
-            ctf["amplitude_contrast_ratio"], np.zeros((n, 2)),
+            ctf["amplitude_contrast_ratio"], tilt,
+            odd_zernike=zernike.get("odd_zernike_coefficients"), even_zernike=zernike.get("even_zernike_coefficients"),
         )
     else:
         groups = (OpticsGroup(1, "opticsGroup1", pixel_size_in_angstroms, header.box_size, np.nan, np.nan, np.nan),)

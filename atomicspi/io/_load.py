@@ -65,7 +65,7 @@ def _bare_stack(path: pathlib.Path, ctf_path) -> ParticleDataset:
     images = ImageStacks([path], np.zeros(n, dtype=np.int64), np.arange(n), path, "images")
     pixel_size = header.pixel_size_in_angstroms if header.pixel_size_in_angstroms > 0 else None
     ctf = None
-    groups = (OpticsGroup(1, "opticsGroup1", pixel_size, header.box_size, np.nan, np.nan, np.nan),)
+    groups: tuple[OpticsGroup, ...] = (OpticsGroup(1, "opticsGroup1", pixel_size, header.box_size, np.nan, np.nan, np.nan),)
     group_indices = np.zeros(n, dtype=np.int64)
     if ctf_path is not None:
         ctf_path = pathlib.Path(ctf_path)

@@ -7,10 +7,19 @@ optics column (`OpticsGroup.extra`) for writing back. Writing produces RELION 3.
   against the star file's folder (falling back to the bare file name in that folder).
 - Pixel size: 3.1 `rlnImagePixelSize` per optics group; 3.0 `rlnDetectorPixelSize` (µm) × 10⁴ /
   `rlnMagnification`, or `rlnImagePixelSize`, or (neither) the stacks' headers. All particles must
-  share one pixel size and one box.
+  share one box. In 3.1 the optics groups may differ in pixel size: the dataset's pixel size is
+  the finest group's, and the other groups' images are resampled to it when read (band-limited
+  interpolation, `resample_to_pixel_size`); each group keeps its own pixel size, which is written
+  back when the star file refers to the original stacks. 3.0 files need one pixel size.
 - CTF: `rlnDefocusU`, `rlnDefocusV`, `rlnDefocusAngle` (°), `rlnPhaseShift` (°, default 0),
   `rlnVoltage` (kV), `rlnSphericalAberration` (mm), `rlnAmplitudeContrast` (default 0.1, with a
-  warning, as RELION and cryoDRGN assume); from the optics group in 3.1, per particle in 3.0.
+  warning, as RELION and cryoDRGN assume), and, when the file has them, `rlnCtfBfactor` (Å²) and
+  `rlnCtfScalefactor`. As RELION's `CTF::readByGroup` reads them, each comes from the particle's
+  row when the particle table has the column, else from its optics group (3.1), else the default.
+- Refused (one-line `InputError` naming the column), because the image model does not describe
+  them: an anisotropic magnification matrix `rlnMagMat00/01/10/11` other than the identity, and
+  images flagged `rlnCtfDataAreCtfPremultiplied`, `rlnCtfDataArePhaseFlipped` or
+  `rlnCtfDataAreCtfCorrected` = 1 (such images no longer have white noise and the raw CTF).
 - Poses: `rlnAngleRot`, `rlnAngleTilt`, `rlnAnglePsi` (°, RELION ZYZ) and
   `rlnOriginXAngst`/`rlnOriginYAngst` (3.1) or `rlnOriginX`/`rlnOriginY` in pixels (3.0);
   `shifts_in_angstroms = -origin`.
@@ -20,6 +29,7 @@ optics column (`OpticsGroup.extra`) for writing back. Writing produces RELION 3.
 import os
 import pathlib
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +63,8 @@ _PARTICLE_COLUMNS = {
     "rlnOriginYAngst",
     "rlnOriginX",
     "rlnOriginY",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
 }
 _OPTICS_COLUMNS = {
     "rlnOpticsGroup",
@@ -67,6 +79,9 @@ _OPTICS_COLUMNS = {
     "rlnBeamTiltY",
     "rlnOddZernike",
     "rlnEvenZernike",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
+    "rlnPhaseShift",
 }
 _RELION30_OPTICS_COLUMNS = _OPTICS_COLUMNS | {"rlnDetectorPixelSize", "rlnMagnification"}
 
@@ -137,6 +152,45 @@ def _written_values(path: pathlib.Path, block: str, row: int) -> list[str] | Non
     return None
 
 
+_MAGNIFICATION_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
+_IDENTITY = (1.0, 0.0, 0.0, 1.0)
+_PROCESSED_IMAGE_FLAGS = {
+    "rlnCtfDataAreCtfPremultiplied": "premultiplied by their CTF",
+    "rlnCtfDataArePhaseFlipped": "phase-flipped",
+    "rlnCtfDataAreCtfCorrected": "CTF-corrected",
+}
+_MAGNIFICATION_TOLERANCE = 1e-6
+"""RELION writes the matrix with 6 decimals: an identity matrix reads back within 1e-6."""
+
+
+def _refuse_unmodelled_optics(table: pd.DataFrame, path: pathlib.Path, block: str) -> None:
+    """Refuse, naming the column and the first row, an anisotropic magnification matrix and images
+    whose CTF has already been applied or corrected (the image model describes neither)."""
+    present = [c for c in _MAGNIFICATION_COLUMNS if c in table.columns]
+    if present:
+        matrix = np.column_stack([
+            _numeric(table, c, path, block) if c in table.columns else np.full(len(table), identity)
+            for c, identity in zip(_MAGNIFICATION_COLUMNS, _IDENTITY)
+        ])
+        off = np.abs(matrix - np.array(_IDENTITY)) > _MAGNIFICATION_TOLERANCE
+        if off.any():
+            bad_row, bad_entry = (int(i[0]) for i in np.nonzero(off))
+            raise InputError(
+                f"{path}: field {_MAGNIFICATION_COLUMNS[bad_entry]}: row {bad_row + 1} of data_{block} sets an anisotropic "
+                f"magnification matrix {matrix[bad_row].round(6).tolist()}, which is not modelled (the images would have to "
+                "be resampled to isotropic magnification first)"
+            )
+    for flag, what in _PROCESSED_IMAGE_FLAGS.items():
+        if flag in table.columns:
+            flags = _numeric(table, flag, path, block)
+            if np.any(flags != 0):
+                row = int(np.flatnonzero(flags != 0)[0])
+                raise InputError(
+                    f"{path}: field {flag}: row {row + 1} of data_{block} says the images are {what}, which is "
+                    "not modelled (give the images as extracted, with their raw CTF)"
+                )
+
+
 def _uniform(values: np.ndarray, path: pathlib.Path, field: str, what: str) -> float:
     if values.size and np.ptp(values) > 1e-4 * max(abs(float(values[0])), 1.0):
         raise InputError(f"{path}: field {field}: particles disagree in {what} ({sorted(set(np.round(values, 6).tolist()))[:4]})")
@@ -172,9 +226,21 @@ def _parse_zernike(text, path: pathlib.Path, field: str) -> tuple[float, ...]:
     if text in ("", "[]", "nan", "<NA>"):
         return ()
     try:
-        return tuple(float(x) for x in text.strip("[]").split(",") if x.strip())
+        values = tuple(float(x) for x in text.strip("[]").split(",") if x.strip())
     except ValueError:
         raise InputError(f"{path}: field {field}: {text!r} is not a list of numbers") from None
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{path}: field {field}: {text!r} holds a value that is not a finite number")
+    return values
+
+
+def _zernike_column(table: pd.DataFrame, column: str, path: pathlib.Path) -> np.ndarray:
+    """Per-particle Zernike lists as an `(n, k)` array, padded with zeros to the longest."""
+    rows = [_parse_zernike(text, path, column) for text in table[column].tolist()]
+    padded = np.zeros((len(rows), max((len(r) for r in rows), default=0)))
+    for i, coefficients in enumerate(rows):
+        padded[i, : len(coefficients)] = coefficients
+    return padded
 
 
 def _read_blocks(path: pathlib.Path) -> dict[str, pd.DataFrame]:
@@ -241,27 +307,36 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
     images = ImageStacks(stack_paths, stack_numbers, image_indices, path, "rlnImageName")
     has_ctf = "rlnDefocusU" in table.columns
 
+    _refuse_unmodelled_optics(table, path, block_name)
+    if optics is not None:
+        _refuse_unmodelled_optics(optics.reset_index(drop=True), path, "optics")
+
+    pixel_size: float | None
     if optics is not None:
         groups, group_indices = _optics_groups_31(optics, table, path, block_name)
         used = np.unique(group_indices)
         pixel_sizes = np.array([groups[i].pixel_size_in_angstroms for i in used], dtype=np.float64)
         if np.isnan(pixel_sizes).any():
             raise InputError(f"{path}: field rlnImagePixelSize: missing from data_optics")
-        pixel_size = _uniform(pixel_sizes, path, "rlnImagePixelSize", "pixel size between optics groups")
-        if not pixel_size > 0:
-            raise InputError(f"{path}: field rlnImagePixelSize: pixel size must be positive, got {pixel_size!r}")
+        if not np.all(pixel_sizes > 0):
+            bad = float(pixel_sizes[~(pixel_sizes > 0)][0])
+            raise InputError(f"{path}: field rlnImagePixelSize: pixel size must be positive, got {bad!r}")
+        # groups with a coarser pixel are resampled to the finest on reading (ParticleDataset.images)
+        pixel_size = float(pixel_sizes.min())
         boxes = {groups[i].box_size for i in used}
         if len(boxes) > 1:
             raise InputError(f"{path}: field rlnImageSize: optics groups have different box sizes {sorted(boxes)}")
         box_size = boxes.pop()
         table_of = lambda attribute: np.array([getattr(g, attribute) for g in groups])[group_indices]  # noqa: E731
-        voltage = table_of("voltage_in_kilovolts")
-        cs = table_of("spherical_aberration_in_millimeters")
-        q0 = table_of("amplitude_contrast_ratio")
+        # RELION's CTF::readByGroup: a particle's own column wins over its optics group's
+        overridden = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast") if c in table.columns]
+        voltage = _numeric(table, "rlnVoltage", path, block_name) if "rlnVoltage" in overridden else table_of("voltage_in_kilovolts")
+        cs = _numeric(table, "rlnSphericalAberration", path, block_name) if "rlnSphericalAberration" in overridden else table_of("spherical_aberration_in_millimeters")
+        q0 = _amplitude_contrast(table, path, block_name) if "rlnAmplitudeContrast" in overridden else table_of("amplitude_contrast_ratio")
         if has_ctf and (np.isnan(voltage).any() or np.isnan(cs).any()):
             missing = "rlnVoltage" if np.isnan(voltage).any() else "rlnSphericalAberration"
             raise InputError(f"{path}: field {missing}: missing from data_optics")
-        consumed = _PARTICLE_COLUMNS
+        consumed = _PARTICLE_COLUMNS | set(overridden)
     else:
         pixel_size = _pixel_size_30(table, path, block_name)
         box_size = int(_uniform(_integers(table, "rlnImageSize", path, block_name), path, "rlnImageSize", "box size")) if "rlnImageSize" in table.columns else None
@@ -273,7 +348,11 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
             tilt = np.zeros((n, 2))
             if "rlnBeamTiltX" in table.columns or "rlnBeamTiltY" in table.columns:
                 tilt = np.column_stack([_numeric(table, c, path, block_name) for c in ("rlnBeamTiltX", "rlnBeamTiltY")])
-            groups, group_indices = group_optics(np.ones(n), {}, pixel_size, box_size, voltage, cs, q0, tilt)
+            zernike = {c: _zernike_column(table, c, path) for c in ("rlnOddZernike", "rlnEvenZernike") if c in table.columns}
+            groups, group_indices = group_optics(
+                np.ones(n), {}, pixel_size, box_size, voltage, cs, q0, tilt,
+                odd_zernike=zernike.get("rlnOddZernike"), even_zernike=zernike.get("rlnEvenZernike"),
+            )
         else:
             groups = (OpticsGroup(1, "opticsGroup1", pixel_size, box_size, np.nan, np.nan, np.nan),)
             group_indices = np.zeros(n, dtype=np.int64)
@@ -281,7 +360,8 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
 
     ctf = None
     if has_ctf:
-        phase = _numeric(table, "rlnPhaseShift", path, block_name) if "rlnPhaseShift" in table.columns else np.zeros(n)
+        by_group = None if optics is None else (optics.reset_index(drop=True), group_indices)
+        phase = _particle_or_group(table, by_group, "rlnPhaseShift", path, block_name)
         ctf = {
             "defocus_u_in_angstroms": _numeric(table, "rlnDefocusU", path, block_name),
             "defocus_v_in_angstroms": _numeric(table, "rlnDefocusV", path, block_name),
@@ -289,8 +369,12 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
             "voltage_in_kilovolts": np.asarray(voltage, dtype=np.float64),
             "spherical_aberration_in_millimeters": np.asarray(cs, dtype=np.float64),
             "amplitude_contrast_ratio": np.asarray(q0, dtype=np.float64),
-            "phase_shift_in_degrees": phase,
+            "phase_shift_in_degrees": np.zeros(n) if phase is None else phase,
         }
+        for column, name in (("rlnCtfBfactor", "b_factor_in_angstroms_squared"), ("rlnCtfScalefactor", "scale")):
+            values = _particle_or_group(table, by_group, column, path, block_name)
+            if values is not None:
+                ctf[name] = values
         if np.any(ctf["voltage_in_kilovolts"] <= 0):
             raise InputError(f"{path}: field rlnVoltage: must be positive")
 
@@ -308,6 +392,18 @@ def read_relion_star(path: str | os.PathLike, datadir: str | os.PathLike | None 
         extra_columns=extra,
         source=path,
     )
+
+
+def _particle_or_group(table: pd.DataFrame, by_group, column: str, path: pathlib.Path, block: str) -> np.ndarray | None:
+    """`(n,)` values of `column` as RELION's `CTF::readValue` finds them: the particle's row when the
+    particle table has the column, else its optics group's (`by_group` = (optics table, group index
+    of each particle), or None for a file without one), else None."""
+    if column in table.columns:
+        return _numeric(table, column, path, block)
+    if by_group is not None and column in by_group[0].columns:
+        optics, group_indices = by_group
+        return _numeric(optics, column, path, "optics")[group_indices]
+    return None
 
 
 def _amplitude_contrast(table: pd.DataFrame, path: pathlib.Path, block: str) -> np.ndarray:
@@ -446,7 +542,12 @@ def write_relion_star(
     optics = {
         "rlnOpticsGroup": [g.number for g in groups],
         "rlnOpticsGroupName": [g.name for g in groups],
-        "rlnImagePixelSize": [dataset.pixel_size_in_angstroms] * len(groups),
+        # the original stacks keep each group's own pixel size; copied images are on the common grid
+        "rlnImagePixelSize": [
+            g.pixel_size_in_angstroms if stack_path is None and g.pixel_size_in_angstroms is not None and g.pixel_size_in_angstroms > 0
+            else dataset.pixel_size_in_angstroms
+            for g in groups
+        ],
         "rlnImageSize": [dataset.box_size] * len(groups),
         "rlnImageDimensionality": [2] * len(groups),
     }
@@ -468,12 +569,15 @@ def write_relion_star(
     for column in dict.fromkeys(c for g in groups for c, _ in g.extra):
         optics[column] = [dict(g.extra).get(column, "") for g in groups]
 
-    particles = {"rlnImageName": names}
+    particles: dict[str, Any] = {"rlnImageName": names}
     if dataset.ctf is not None:
         particles["rlnDefocusU"] = dataset.ctf["defocus_u_in_angstroms"]
         particles["rlnDefocusV"] = dataset.ctf["defocus_v_in_angstroms"]
         particles["rlnDefocusAngle"] = dataset.ctf["astigmatism_angle_in_degrees"]
         particles["rlnPhaseShift"] = dataset.ctf["phase_shift_in_degrees"]
+        for column, name in (("rlnCtfBfactor", "b_factor_in_angstroms_squared"), ("rlnCtfScalefactor", "scale")):
+            if name in dataset.ctf:
+                particles[column] = dataset.ctf[name]
     particles["rlnOpticsGroup"] = np.array([g.number for g in groups])[dataset.optics_group_indices]
     if dataset.rotations is not None:
         angles = np.asarray(matrix_to_euler_angles(dataset.rotations), dtype=np.float64)
@@ -481,9 +585,9 @@ def write_relion_star(
     if dataset.shifts_in_angstroms is not None:
         particles["rlnOriginXAngst"] = -dataset.shifts_in_angstroms[:, 0]
         particles["rlnOriginYAngst"] = -dataset.shifts_in_angstroms[:, 1]
-    for column, values in dataset.extra_columns.items():
+    for column, column_values in dataset.extra_columns.items():
         if column not in particles:
-            particles[column] = values
+            particles[column] = column_values
     starfile.write(
         {"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)}, path, float_format="%.6f"
     )
@@ -505,7 +609,8 @@ def write_particles_star(
 
     - `path`: the `.star` file; `stack_path`: the `.mrcs` file (both overwritten).
     - `images`: `(n, D, D)` images indexed `[y, x]`; `pixel_size_in_angstroms`: their pixel size.
-    - `ctf`: dict with (at least) the arrays named in `CTF_FIELDS`, or None.
+    - `ctf`: dict with (at least) the arrays named in `CTF_FIELDS`, and any of
+      `OPTIONAL_CTF_FIELDS` (see `particle_dataset_from_arrays`), or None.
     - `rotations`: `(n, 3, 3)` RELION matrices `A`; `shifts_in_angstroms`: `(n, 2)`; or None.
 
     **Returns:**

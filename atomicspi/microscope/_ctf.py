@@ -14,12 +14,22 @@ frequency `CTF = sin(atan(Q / √(1 - Q²))) = Q > 0`: protein (positive potenti
 low resolution.
 
 Antisymmetric aberrations (beam tilt and RELION 5's odd Zernike terms) do not change |CTF|; they
-multiply the image's Fourier transform by `exp(i γ_odd(k))`, see `compute_odd_aberration_phase`.
-Beam tilt `τ` (mrad) gives RELION's `γ_tilt = 2π · 10⁻³ · C_s λ² |k|² (k_x τ_x + k_y τ_y)`.
-Zernike terms follow RELION's ordering and unnormalised radial polynomials, evaluated at the
-frequency in 1/Å: even coefficient `j` has `n = 2⌊√j⌋`, `m = 2 (j - ⌊√j⌋² - ⌊√j⌋)`; odd
+multiply the image's Fourier transform by `exp(i γ_odd(k))`, see `compute_odd_aberration_phase`:
+
+    γ_odd(k) = Σ_j c_j^odd Z_j^odd(k) - 2π · 10⁻³ · C_s λ² |k|² (k_x τ_x + k_y τ_y)
+
+for beam tilt `τ` (mrad). This is RELION 3.1+'s forward model (`ObservationModel::predictObservation`
+multiplies the prediction by `getPhaseCorrection`, `exp(i Σ_j c_j Z_j)`, after
+`TiltHelper::insertTilt` has added the tilt as `c_1 += 2 c`, `c_4 += c`, `c_0 += 2 c'`, `c_3 += c'`
+with `c = -2π · 10⁻³ C_s λ² τ_x / 3`, `c' = ` the same with `τ_y`: `c (3|k|² - 2) k_x + 2 c k_x =
+3 c |k|² k_x`), and RELION 3.0's (`LegacyObservationModel::predictObservation` applies
+`selfApplyBeamTilt` with `-τ` to the prediction; `selfApplyBeamTilt` with `+τ` is the correction of
+the data). Zernike terms follow RELION's ordering and unnormalised radial polynomials, evaluated at
+the frequency in 1/Å: even coefficient `j` has `n = 2⌊√j⌋`, `m = 2 (j - ⌊√j⌋² - ⌊√j⌋)`; odd
 coefficient `j` has `n = 2p + 1` with `p = ⌊(√(1 + 4j) - 1) / 2⌋`, `m = 2 (j - p² - p) - n`;
-`Z_n^m = R_n^|m|(|k|) · (cos(m α) if m ≥ 0 else sin(|m| α))`.
+`Z_n^m = R_n^|m|(|k|) · (cos(m α) if m ≥ 0 else sin(|m| α))` (`Zernike::evenIndexToMN`,
+`oddIndexToMN`, `Z_cart`). RELION's anisotropic magnification matrix, which would distort `k`
+before all of the above, is not modelled (`atomicspi.io` refuses files that set one).
 
 cryoJAX (0.6) writes its CTF as `sin(χ_cryojax - φ - atan(Q / √(1 - Q²)))` with
 `χ_cryojax = -π λ Δf |k|² + (π / 2) C_s λ³ |k|⁴`, i.e. `-CTF` here, and it measures the
@@ -184,8 +194,9 @@ def compute_odd_aberration_phase(
 ) -> Float[Array, "..."]:
     """Phase `γ_odd(k)` (radians) of beam tilt and odd Zernike terms.
 
-    The image's Fourier transform is multiplied by `exp(i γ_odd(k))` (RELION's
-    `ObservationModel::modulatePhase` / `applyBeamTilt`, numpy's FFT sign convention).
+    The image's Fourier transform is multiplied by `exp(i γ_odd(k))`, as RELION multiplies its
+    predictions by `ObservationModel::getPhaseCorrection` (numpy's and FFTW's forward transform
+    have the same sign); the module docstring gives `γ_odd`.
 
     **Arguments:**
 
@@ -208,7 +219,7 @@ def compute_odd_aberration_phase(
         )
         wavelength = wavelength_in_angstroms(parameters.voltage_in_kilovolts)
         spherical_aberration = 1e7 * jnp.asarray(parameters.spherical_aberration_in_millimeters)
-        phase = phase + 2e-3 * jnp.pi * spherical_aberration * wavelength**2 * (kx**2 + ky**2) * (
+        phase = phase - 2e-3 * jnp.pi * spherical_aberration * wavelength**2 * (kx**2 + ky**2) * (
             kx * tilt_x + ky * tilt_y
         )
     if parameters.odd_zernike_coefficients is not None:

@@ -81,7 +81,7 @@ def bootstrap_aggregated_posterior_probabilities(
     rng = np.random.default_rng(seed)
     replicates = np.empty((n_bootstrap, *grid.shape))
     for replicate in range(n_bootstrap):
-        particles = rng.integers(n_particles, size=n_particles)
+        particles = rng.integers(n_particles, size=(n_particles,))
         chosen = rng.integers(n_draws, size=(n_particles, n_draws))
         replicates[replicate] = _cell_probabilities(cells[particles[:, None], chosen], grid)
     return replicates

@@ -184,7 +184,7 @@ def _saddles(flat: np.ndarray, labels: np.ndarray, shape: tuple[int, ...]) -> di
     grid_labels = labels.reshape(shape)
     values = flat.reshape(shape)
     indices = np.arange(flat.size).reshape(shape)
-    pairs_a, pairs_b, heights, cells = [], [], [], []
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [], [])
     for axis in range(len(shape)):
         first = [slice(None)] * len(shape)
         second = [slice(None)] * len(shape)
@@ -193,13 +193,12 @@ def _saddles(flat: np.ndarray, labels: np.ndarray, shape: tuple[int, ...]) -> di
         va, vb = values[tuple(first)].ravel(), values[tuple(second)].ravel()
         ia, ib = indices[tuple(first)].ravel(), indices[tuple(second)].ravel()
         crossing = (la >= 0) & (lb >= 0) & (la != lb)
-        pairs_a.append(np.minimum(la, lb)[crossing])
-        pairs_b.append(np.maximum(la, lb)[crossing])
-        heights.append(np.maximum(va, vb)[crossing])
-        cells.append(np.where(va >= vb, ia, ib)[crossing])
-    pairs_a, pairs_b = np.concatenate(pairs_a), np.concatenate(pairs_b)
-    heights, cells = np.concatenate(heights), np.concatenate(cells)
-    saddles = {}
+        parts[0].append(np.minimum(la, lb)[crossing])
+        parts[1].append(np.maximum(la, lb)[crossing])
+        parts[2].append(np.maximum(va, vb)[crossing])
+        parts[3].append(np.where(va >= vb, ia, ib)[crossing])
+    pairs_a, pairs_b, heights, cells = (np.concatenate(part) for part in parts)
+    saddles: dict[tuple[int, int], tuple[float, int]] = {}
     for a, b, height, cell in zip(pairs_a, pairs_b, heights, cells):
         key = (int(a), int(b))
         if key not in saddles or height < saddles[key][0]:

@@ -69,7 +69,7 @@ def diffusion_model(landscape: FreeEnergyLandscape, diffusion_coefficient: float
     in_kT = np.ravel(landscape.free_energy / landscape.kT)
     populated = np.isfinite(in_kT)
     indices = np.arange(in_kT.size).reshape(shape)
-    sources, targets, rates = [], [], []
+    source_parts, target_parts, rate_parts = [], [], []
     for axis, spacing in enumerate(landscape.grid.spacings):
         first = [slice(None)] * len(shape)
         second = [slice(None)] * len(shape)
@@ -79,10 +79,10 @@ def diffusion_model(landscape: FreeEnergyLandscape, diffusion_coefficient: float
         i, j = i[keep], j[keep]
         scale = diffusion_coefficient / spacing**2
         difference = in_kT[j] - in_kT[i]
-        sources += [i, j]
-        targets += [j, i]
-        rates += [scale * np.exp(-0.5 * difference), scale * np.exp(0.5 * difference)]
-    sources, targets, rates = np.concatenate(sources), np.concatenate(targets), np.concatenate(rates)
+        source_parts += [i, j]
+        target_parts += [j, i]
+        rate_parts += [scale * np.exp(-0.5 * difference), scale * np.exp(0.5 * difference)]
+    sources, targets, rates = np.concatenate(source_parts), np.concatenate(target_parts), np.concatenate(rate_parts)
     adjacency = scipy.sparse.coo_matrix((np.ones_like(rates), (sources, targets)), shape=(in_kT.size,) * 2)
     _, component = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
     sizes = np.bincount(component[populated])

@@ -74,7 +74,7 @@ def make_grid(
     values = np.asarray(values, dtype=float)
     n_dimensions = values.shape[-1]
     values = values.reshape(-1, n_dimensions)
-    n_bins = (n_bins,) * n_dimensions if np.isscalar(n_bins) else tuple(n_bins)
+    n_bins = (int(n_bins),) * n_dimensions if isinstance(n_bins, int | np.integer) else tuple(n_bins)
     edges = []
     for dimension in range(n_dimensions):
         if bounds is None:

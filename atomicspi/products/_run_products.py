@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,26 @@ _KINETICS_NOTE = (
 )
 
 
+def _per_particle_summaries(draws, landscape, basins) -> dict[str, np.ndarray]:
+    """Per particle, from its posterior draws of the coordinates `(n_particles, n_draws[, n_dims])`:
+    their mean and standard deviation, the share of its draws in each state's cells, and its most
+    probable state (−1 when no draw falls in any state)."""
+    n_particles, n_draws = draws.shape[:2]
+    draws = np.asarray(draws, dtype=float).reshape(n_particles, n_draws, -1)  # (particle, draw) in 1-D
+    n_dimensions = draws.shape[-1]
+    labels = basins.labels.ravel()
+    cells = landscape.grid.cell_indices(draws.reshape(-1, n_dimensions)).reshape(n_particles, n_draws)
+    states = np.where(cells >= 0, labels[np.maximum(cells, 0)], -1)
+    probabilities = np.stack([np.mean(states == state, axis=1) for state in range(basins.n_states)], axis=1)
+    most_probable = np.where(probabilities.max(axis=1) > 0, probabilities.argmax(axis=1), -1)
+    return {
+        "particle_coordinate_mean": draws.mean(axis=1),
+        "particle_coordinate_standard_deviation": draws.std(axis=1, ddof=1) if n_draws > 1 else np.zeros((n_particles, n_dimensions)),
+        "particle_state_probabilities": probabilities.reshape(n_particles, basins.n_states),
+        "particle_state": most_probable,
+    }
+
+
 def run_products(
     output_dir: str | pathlib.Path,
     cv: str | list[str] | tuple[str, ...] | None = None,
@@ -50,7 +71,9 @@ def run_products(
     """Landscape, states, kinetics and structures of an inference run, written into its folder.
 
     Writes `landscape.png`, `landscape.npz` (grid, F, band, populations, state labels, the MSM's
-    transition and rate matrices) and `states.json` (states with populations and bootstrap bands,
+    transition and rate matrices; per particle, in input order, the mean and standard deviation of
+    its coordinates over its draws, the share of its draws in each state and its most probable state,
+    as `particle_*`) and `states.json` (states with populations and bootstrap bands,
     saddles, mean first-passage times). When `topology.pdb` and the ensembles are present it also
     writes `ensemble.pdb` + `ensemble.dcd` (`n_structures` structures sampled from the aggregated
     posterior, equal weights) and `state_K.pdb` (a representative per state). Everything is
@@ -125,7 +148,7 @@ def run_products(
         for b in range(a + 1, basins.n_states)
         if basins.saddle_cells[a, b] >= 0
     ]
-    record = {
+    record: dict[str, Any] = {
         "collective_variables": [
             {"specification": s, "name": n, "unit": u}
             for s, n, u in zip(variables.specifications, variables.names, variables.units)
@@ -191,6 +214,7 @@ def run_products(
         "names": np.array(variables.names),
         "units": np.array(variables.units),
     }
+    arrays.update(_per_particle_summaries(variables.draws, landscape, basins))
     for dimension in range(landscape.n_dimensions):
         arrays[f"edges_{dimension}"] = landscape.grid.edges[dimension]
         arrays[f"centres_{dimension}"] = landscape.grid.centres[dimension]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 from jaxtyping import Float, Int
 
 from .._errors import InputError
 from .._quiet import quiet_c_stdout
+
+if TYPE_CHECKING:
+    import mdtraj
 
 __all__ = ["AtomicModel", "load_structure", "load_trajectory_positions"]
 
@@ -42,7 +46,7 @@ class AtomicModel:
     b_factors_in_angstroms_squared: Float[np.ndarray, " n_atoms"]
     residue_indices: Int[np.ndarray, " n_atoms"]
     chain_indices: Int[np.ndarray, " n_atoms"]
-    topology: object
+    topology: mdtraj.Topology
 
     @property
     def n_atoms(self) -> int:

@@ -25,7 +25,7 @@ __all__ = [
 
 def domains_from_residue_ranges(
     bead_residue_numbers: Int[np.ndarray, " n_beads"],
-    residue_ranges: Sequence[Sequence[tuple[int, int]]],
+    residue_ranges: Sequence[Sequence[Sequence[int]]],
 ) -> Int[np.ndarray, " n_beads"]:
     """Assign beads to domains given as lists of inclusive residue-number ranges.
 

@@ -82,7 +82,9 @@ class ElasticNetwork(eqx.Module):
     def n_beads(self) -> int:
         return int(self.reference_positions_in_angstroms.shape[0])
 
-    def energy(self, positions_in_angstroms: Float[Array, "n_beads 3"], spring_constant: float | Array = 1.0) -> Float[Array, ""]:
+    def energy(
+        self, positions_in_angstroms: Float[Array | np.ndarray, "n_beads 3"], spring_constant: float | Array = 1.0
+    ) -> Float[Array, ""]:
         """Elastic energy E(x) = Σ γ w / 2 (|xᵢ − xⱼ| − d⁰)².
 
         **Arguments:**
@@ -100,7 +102,7 @@ class ElasticNetwork(eqx.Module):
 
     def yielding_energy(
         self,
-        positions_in_angstroms: Float[Array, "n_beads 3"],
+        positions_in_angstroms: Float[Array | np.ndarray, "n_beads 3"],
         spring_constant: float | Array = 1.0,
         yield_stretch_in_angstroms: float | Array = 1.0,
     ) -> Float[Array, ""]:

@@ -10,6 +10,7 @@ or learned hyperparameters in a NumPyro model.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jaxtyping import Array, Float
 
@@ -42,7 +43,7 @@ def mode_amplitude_prior(
 
 def elastic_network_log_prior(
     network: ElasticNetwork,
-    positions_in_angstroms: Float[Array, "n_beads 3"],
+    positions_in_angstroms: Float[Array | np.ndarray, "n_beads 3"],
     spring_constant: float | Array = 1.0,
     temperature_factor: float | Array = 1.0,
     rigid_body_spring_constant: float | Array = 1e-3,

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int
 __all__ = ["BlockRigidMotion", "block_rigid_basis", "rigid_body_basis", "superpose"]
 
 
-def rigid_body_basis(positions_in_angstroms: Float[Array, "n 3"]) -> Float[Array, "6 n 3"]:
+def rigid_body_basis(positions_in_angstroms: Float[Array | np.ndarray, "n 3"]) -> Float[Array, "6 n 3"]:
     """An orthonormal basis of the six infinitesimal rigid-body displacements (three translations,
     three rotations about the centroid) of a point set.
 

@@ -1,0 +1,68 @@
+"""`particles.star` in the output folder (GitHub issue 14, part 4): the input's RELION tables, columns
+and order kept, with each particle's posterior summaries as extra columns; it reads back with the
+stacks still resolving."""
+
+import json
+
+import arviz as az
+import numpy as np
+import pytest
+import starfile
+
+from atomicspi._pipeline import run_inference
+from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
+from atomicspi.io import load_config, read_relion_star
+from atomicspi.products import load_run_collective_variables
+from atomicspi.structure import load_structure
+
+N_PARTICLES, SAMPLES = 12, 5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, example_structure_path):
+    folder = tmp_path_factory.mktemp("star_output")
+    closed = load_structure(example_structure_path).calpha()
+    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
+    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
+    positions = interpolated_conformations(closed, opened, np.linspace(0.0, 1.0, N_PARTICLES))
+    particles = simulate_particles(closed, positions, 24, 4.0, 1.0, seed=0)
+    yaml_path = write_simulated_dataset(
+        folder, closed, particles,
+        config_overrides={"num_steps": 4, "batch_size": 4, "samples_per_particle": SAMPLES, "n_modes": 3, "output_atoms": "all"},
+    )
+    config = load_config(yaml_path)
+    return config, run_inference(config, progress=False)
+
+
+def test_particles_star_keeps_the_input_tables_and_adds_the_summaries(run):
+    config, output = run
+    source = starfile.read(config.particles, always_dict=True)
+    written = starfile.read(output / "particles.star", always_dict=True)
+    assert list(written) == list(source)
+    assert written["optics"].equals(source["optics"])
+    table, original = written["particles"], source["particles"]
+    assert list(table.columns[: len(original.columns)]) == list(original.columns)  # input columns first, in order
+    for column in original.columns:
+        if column != "rlnImageName":  # rewritten relative to the output folder
+            np.testing.assert_array_equal(table[column].to_numpy(), original[column].to_numpy(), err_msg=column)
+
+    posterior = az.from_netcdf(str(output / "posterior.nc")).posterior
+    amplitudes = np.asarray(posterior["amplitudes"])[0]  # (draw, particle, mode)
+    np.testing.assert_allclose(table["atomicspiAmplitudes2"], amplitudes[:, :, 1].mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table["atomicspiAmplitudes2StandardDeviation"], amplitudes[:, :, 1].std(axis=0, ddof=1), rtol=1e-4, atol=1e-6)
+    # The landscape coordinate, recomputed by the products' own reader of the run (motion:0 by default).
+    coordinate = load_run_collective_variables(output, "motion:0").draws.reshape(N_PARTICLES, SAMPLES)
+    np.testing.assert_allclose(table["atomicspiCoordinate1"], coordinate.mean(axis=1), rtol=1e-5, atol=1e-5)
+    states = json.loads((output / "states.json").read_text())["states"]
+    assert set(table["atomicspiState"]) <= set(range(len(states))) | {-1}
+    assert np.all((table["atomicspiStateProbability"] >= 0) & (table["atomicspiStateProbability"] <= 1))
+    assert np.all(table.loc[table["atomicspiState"] >= 0, "atomicspiStateProbability"] > 0)
+
+
+def test_particles_star_reads_back_with_the_same_images(run):
+    config, output = run
+    original = read_relion_star(config.particles)
+    written = read_relion_star(output / "particles.star")
+    indices = np.arange(N_PARTICLES)
+    np.testing.assert_array_equal(written.images(indices), original.images(indices))
+    np.testing.assert_allclose(written.rotations, original.rotations, atol=1e-6)
