@@ -298,7 +298,11 @@ def write(config, prepared: Prepared, posterior: Posterior) -> None:
     from atomicspi._outputs import EnsembleWriter, write_posterior
 
     structure = prepared.structure
-    atom_indices = np.flatnonzero(structure.atomic_numbers != 1) if config.output_atoms == "heavy" else np.arange(structure.n_atoms)
+    atom_indices = {
+        "heavy": lambda: np.flatnonzero(structure.atomic_numbers != 1),
+        "all": lambda: np.arange(structure.n_atoms),
+        "calpha": lambda: structure.topology.select("name CA and protein"),
+    }[config.output_atoms]()
     n_particles = len(prepared.dataset)
     chunk = max(1, _STRUCTURES_PER_CHUNK // config.samples_per_particle)
     with EnsembleWriter(prepared.output, structure.take(atom_indices)) as writer:

@@ -64,3 +64,28 @@ def test_posterior_pass_memory_is_flat_in_the_particle_count(stacks):
     # Bound: a third of what holding the extra positions once would add. Measured on the 2-core VM:
     # +75 MiB (1,664 -> 1,739 MiB); with every particle in one chunk, as the pass did before, +1,269 MiB.
     assert large - small < held_positions / 3
+
+
+def test_calpha_output_writes_only_the_calpha_atoms_and_the_products_still_run(stacks, tmp_path):
+    import mdtraj
+    import yaml
+
+    from atomicspi._pipeline import run_inference
+    from atomicspi.io import load_config
+
+    structure, folders = stacks
+    config = yaml.safe_load(folders[SMALL].read_text())
+    config.update({"output_atoms": "calpha", "output": str(tmp_path / "calpha_output")})
+    path = folders[SMALL].with_name("calpha.yaml")
+    path.write_text(yaml.safe_dump(config))
+    output = run_inference(load_config(path), progress=False)
+    topology = mdtraj.load_topology(str(output / "topology.pdb"))
+    calpha = structure.calpha()
+    assert topology.n_atoms == calpha.n_atoms == 214 and {atom.name for atom in topology.atoms} == {"CA"}
+    samples = mdtraj.load(str(output / "ensemble_samples.dcd"), top=str(output / "topology.pdb"))
+    assert samples.n_frames == SMALL * SAMPLES
+    # Every particle is the reference: the written Cα are the model's Cα, not some other atoms.
+    mean = mdtraj.load(str(output / "ensemble_mean.dcd"), top=str(output / "topology.pdb")).xyz * 10.0
+    rmsd = np.sqrt(np.mean(np.sum((mean - calpha.positions_in_angstroms) ** 2, axis=-1)))
+    assert rmsd < 1.0  # 2 training steps from the reference: the structures barely move (Å)
+    assert (output / "landscape.npz").is_file() and (output / "particles.star").is_file()

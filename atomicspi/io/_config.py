@@ -13,7 +13,7 @@ MODELS = ("nma", "deformation", "domains", "homogeneous")
 POSE_MODES = ("given", "infer")
 COARSE_GRAININGS = ("calpha", "centroid")
 GUIDES = ("semi_amortized", "amortized")
-OUTPUT_ATOMS = ("heavy", "all")
+OUTPUT_ATOMS = ("heavy", "all", "calpha")
 LEARNING_RATE_SCHEDULES = ("cosine", "constant")
 _PARTICLE_SUFFIXES = (".star", ".cs", ".mrcs", ".mrc")
 
@@ -77,7 +77,9 @@ class DatasetConfig:
       lowest modes (`atomicspi.structure.domains_from_normal_modes`). With `model: deformation` they
       are optional: the elastic prior then counts only the springs inside domains, so that hinge
       motions between domains are not priced as stretched springs.
-    - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"` or `"all"`.
+    - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"`, `"all"` or
+      `"calpha"` (protein Cα only: about 8x smaller files than heavy atoms, for large particle counts;
+      200,000 particles × 9 structures of AdK's 214 Cα take 4.6 GB).
     """
 
     particles: pathlib.Path
