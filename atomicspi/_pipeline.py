@@ -32,7 +32,8 @@ _SETTINGS_ADDED_LATER = ("importance_proposals",)
 def _hashable_configuration(config) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     settings = dataclasses.asdict(config)
-    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "yaml_path"):
+    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "yaml_path", "output_atoms",
+                 "output_budget_in_gigabytes", "ensemble_size"):
         settings.pop(name, None)
     if settings.get("learning_rate_schedule") == "constant":  # else the schedule depends on num_steps
         settings.pop("num_steps", None)
@@ -292,24 +293,42 @@ def draw(config, prepared: Prepared, setup: SetUp, parameters: dict, *, key) -> 
 _STRUCTURES_PER_CHUNK = 2048  # structures decoded and written at a time (82 MB for all-atom AdK)
 
 
-def write(config, prepared: Prepared, posterior: Posterior) -> None:
-    """`topology.pdb`, the ensembles (`ensemble_mean.dcd`, `ensemble_samples.dcd`, appended a chunk
-    of particles at a time) and `posterior.nc`."""
-    from atomicspi._outputs import EnsembleWriter, write_posterior
+def write(config, prepared: Prepared, posterior: Posterior) -> dict:
+    """`topology.pdb`, the ensembles (`ensemble_mean.dcd`, `ensemble_samples.dcd` when it fits the
+    output budget, appended a chunk of particles at a time; `posterior_ensemble.dcd`, a bounded
+    sample of the aggregated posterior) and `posterior.nc`.
+
+    **Returns:** what was written, for `run.json` (`outputs`)."""
+    from atomicspi._outputs import EnsembleWriter, output_plan, write_posterior
+    from atomicspi.products import sample_aggregated_posterior
 
     structure = prepared.structure
-    atom_indices = {
-        "heavy": lambda: np.flatnonzero(structure.atomic_numbers != 1),
-        "all": lambda: np.arange(structure.n_atoms),
-        "calpha": lambda: structure.topology.select("name CA and protein"),
-    }[config.output_atoms]()
-    n_particles = len(prepared.dataset)
-    chunk = max(1, _STRUCTURES_PER_CHUNK // config.samples_per_particle)
-    with EnsembleWriter(prepared.output, structure.take(atom_indices)) as writer:
+    n_particles, n_draws = len(prepared.dataset), config.samples_per_particle
+    plan = output_plan(
+        structure, n_particles, n_draws, output_atoms=config.output_atoms,
+        budget_in_gigabytes=config.output_budget_in_gigabytes, ensemble_size=config.ensemble_size,
+    )
+    if plan.note is not None:
+        print(f"note: {plan.note}", file=sys.stderr)
+    ensemble_size = min(config.ensemble_size, n_particles * n_draws)
+    particles, draws = sample_aggregated_posterior(n_particles, n_draws, ensemble_size, seed=config.seed)
+    atom_indices = plan.atom_indices
+    chunk = max(1, _STRUCTURES_PER_CHUNK // n_draws)
+    with EnsembleWriter(
+        prepared.output, structure.take(atom_indices), write_samples=plan.write_samples, ensemble_draws=(particles, draws)
+    ) as writer:
         for start in range(0, n_particles, chunk):
             means, samples = posterior.positions(np.arange(start, min(start + chunk, n_particles)))
             writer.append(means[:, atom_indices], samples[:, :, atom_indices])
     write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_)
+    return {
+        "output_atoms": plan.atom_selection,
+        "n_output_atoms": len(atom_indices),
+        "ensemble_samples_written": plan.write_samples,
+        "expected_sizes_in_bytes": plan.sizes_in_bytes,
+        "note": plan.note,
+        "posterior_ensemble": {"file": "posterior_ensemble.dcd", "particles": particles, "draws": draws},
+    }
 
 
 def _write_figures(config, prepared: Prepared, posterior: Posterior, elbo_history) -> None:
@@ -413,15 +432,18 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         result = train(config, prepared, setup, resume=resume, progress=progress)
     with _timed(timings, "posterior_seconds"):
         posterior = draw(config, prepared, setup, result.parameters, key=key)
-        write(config, prepared, posterior)
+        outputs = write(config, prepared, posterior)
     _write_figures(config, prepared, posterior, result.elbo_history)
-    record = _run_record(config, prepared, result, posterior, {**setup.diagnostics, **posterior.diagnostics}, timings)
+    record = _run_record(config, prepared, result, posterior, {**setup.diagnostics, **posterior.diagnostics, "outputs": outputs}, timings)
     write_run_record(prepared.output / "run.json", record)
     if family.landscape_coordinate is not None:
         from atomicspi.products import run_products
 
         with _timed(timings, "products_seconds"):
-            run_products(prepared.output, cv=family.landscape_coordinate, seed=config.seed)
+            # Structural coordinates need every draw's structure: without ensemble_samples.dcd (over the
+            # output budget) the products fall back to the posterior's own variables.
+            coordinate = family.landscape_coordinate if outputs["ensemble_samples_written"] else None
+            run_products(prepared.output, cv=coordinate, seed=config.seed)
         write_run_record(prepared.output / "run.json", record)
     write_particles_star(config, prepared, posterior)
     return prepared.output

@@ -49,3 +49,25 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="session")
+def write_tiny_calpha_dataset(example_structure_path):
+    """A factory for the tiny Cα datasets of the pipeline tests: `write(folder, n_particles=12,
+    config_overrides=...)` simulates closed → open adenylate kinase (Cα only, linear interpolation,
+    24² at 4 Å/px, SNR 1, seed 0) into `folder` and returns its `dataset.yaml`."""
+    import numpy as np
+
+    from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
+    from atomicspi.structure import load_structure
+
+    closed = load_structure(example_structure_path).calpha()
+    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
+    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
+
+    def write(folder, n_particles: int = 12, config_overrides=None, **keywords):
+        positions = interpolated_conformations(closed, opened, np.linspace(0.0, 1.0, n_particles))
+        particles = simulate_particles(closed, positions, 24, 4.0, 1.0, seed=0)
+        return write_simulated_dataset(folder, closed, particles, config_overrides=config_overrides, **keywords)
+
+    return write

@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 import yaml
 
-from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
-from atomicspi.structure import load_structure
-
 N_PARTICLES, SAMPLES = 12, 2
 
 
@@ -24,17 +21,10 @@ def _run(*arguments, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory, example_structure_path):
+def tiny_dataset(tmp_path_factory, write_tiny_calpha_dataset):
     """12 Cα-only AdK particles between closed and open, 24² pixels of 4 Å."""
-    folder = tmp_path_factory.mktemp("tiny")
-    closed = load_structure(example_structure_path).calpha()
-    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
-    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
-    fractions = np.linspace(0.0, 1.0, N_PARTICLES)
-    positions = interpolated_conformations(closed, opened, fractions)
-    particles = simulate_particles(closed, positions, 24, 4.0, 1.0, seed=0)
-    return write_simulated_dataset(
-        folder, closed, particles, truth_extra={"interpolation_fraction": fractions},
+    return write_tiny_calpha_dataset(
+        tmp_path_factory.mktemp("tiny"), N_PARTICLES, truth_extra={"interpolation_fraction": np.linspace(0.0, 1.0, N_PARTICLES)},
         config_overrides={"num_steps": 4, "batch_size": 4, "samples_per_particle": SAMPLES, "checkpoint_every": 2,
                           "n_modes": 3, "output_atoms": "all"},
     )

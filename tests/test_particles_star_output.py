@@ -10,24 +10,16 @@ import pytest
 import starfile
 
 from atomicspi._pipeline import run_inference
-from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
 from atomicspi.io import load_config, read_relion_star
 from atomicspi.products import load_run_collective_variables
-from atomicspi.structure import load_structure
 
 N_PARTICLES, SAMPLES = 12, 5
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, example_structure_path):
-    folder = tmp_path_factory.mktemp("star_output")
-    closed = load_structure(example_structure_path).calpha()
-    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
-    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
-    positions = interpolated_conformations(closed, opened, np.linspace(0.0, 1.0, N_PARTICLES))
-    particles = simulate_particles(closed, positions, 24, 4.0, 1.0, seed=0)
-    yaml_path = write_simulated_dataset(
-        folder, closed, particles,
+def run(tmp_path_factory, write_tiny_calpha_dataset):
+    yaml_path = write_tiny_calpha_dataset(
+        tmp_path_factory.mktemp("star_output"), N_PARTICLES,
         config_overrides={"num_steps": 4, "batch_size": 4, "samples_per_particle": SAMPLES, "n_modes": 3, "output_atoms": "all"},
     )
     config = load_config(yaml_path)

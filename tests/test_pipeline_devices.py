@@ -9,9 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
-from atomicspi.structure import load_structure
-
 _RUN = """
 import sys, json
 import jax
@@ -24,14 +21,9 @@ print("DEVICES", len(jax.local_devices()))
 
 
 @pytest.fixture(scope="module")
-def dataset_folder(tmp_path_factory, example_structure_path):
+def dataset_folder(tmp_path_factory, write_tiny_calpha_dataset):
     folder = tmp_path_factory.mktemp("devices")
-    closed = load_structure(example_structure_path).calpha()
-    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
-    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
-    positions = interpolated_conformations(closed, opened, np.linspace(0.0, 1.0, 16))
-    particles = simulate_particles(closed, positions, 24, 4.0, 1.0, seed=0)
-    write_simulated_dataset(folder, closed, particles, config_overrides={"num_steps": 6, "batch_size": 8, "samples_per_particle": 3, "n_modes": 3})
+    write_tiny_calpha_dataset(folder, 16, config_overrides={"num_steps": 6, "batch_size": 8, "samples_per_particle": 3, "n_modes": 3})
     return folder
 
 

@@ -13,7 +13,7 @@ MODELS = ("nma", "deformation", "domains", "homogeneous")
 POSE_MODES = ("given", "infer")
 COARSE_GRAININGS = ("calpha", "centroid")
 GUIDES = ("semi_amortized", "amortized")
-OUTPUT_ATOMS = ("heavy", "all", "calpha")
+OUTPUT_ATOMS = ("auto", "heavy", "all", "calpha")
 LEARNING_RATE_SCHEDULES = ("cosine", "constant")
 _PARTICLE_SUFFIXES = (".star", ".cs", ".mrcs", ".mrc")
 
@@ -77,9 +77,17 @@ class DatasetConfig:
       lowest modes (`atomicspi.structure.domains_from_normal_modes`). With `model: deformation` they
       are optional: the elastic prior then counts only the springs inside domains, so that hinge
       motions between domains are not priced as stretched springs.
-    - `output_atoms` ("heavy"): atoms written to the output trajectories, `"heavy"`, `"all"` or
+    - `output_atoms` ("auto"): atoms written to the output trajectories, `"heavy"`, `"all"` or
       `"calpha"` (protein Cα only: about 8x smaller files than heavy atoms, for large particle counts;
-      200,000 particles × 9 structures of AdK's 214 Cα take 4.6 GB).
+      200,000 particles × 9 structures of AdK's 214 Cα take 4.6 GB); `"auto"`: heavy atoms when the
+      per-particle ensembles (`ensemble_mean.dcd`, `ensemble_samples.dcd`) fit
+      `output_budget_in_gigabytes`, else Cα.
+    - `output_budget_in_gigabytes` (4.0; None = no limit): `ensemble_samples.dcd` (every particle's
+      draws) is written only when it fits; otherwise the run says so and records it in `run.json`
+      (`outputs`), and `posterior_ensemble.dcd` stands in for it.
+    - `ensemble_size` (1000): structures in `posterior_ensemble.dcd`, exact samples of the
+      aggregated posterior (a particle uniformly at random, then one of its draws; which ones is in
+      `run.json`), whatever the number of particles: the ensemble for kinetic modelling.
     """
 
     particles: pathlib.Path
@@ -106,7 +114,9 @@ class DatasetConfig:
     n_particles: int | None = None
     device_count: int | None = None
     domains: tuple | int | None = None
-    output_atoms: str = "heavy"
+    output_atoms: str = "auto"
+    output_budget_in_gigabytes: float | None = 4.0
+    ensemble_size: int = 1000
     spring_yield_in_angstroms: float | None = 1.0
     importance_proposals: int | None = None
     mode_candidates: int = 8
@@ -118,8 +128,8 @@ class DatasetConfig:
 _NOT_YAML_KEYS = ("yaml_path",)
 _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
-_POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count", "importance_proposals")
-_POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms", "spring_yield_in_angstroms")
+_POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count", "importance_proposals", "ensemble_size")
+_POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms", "spring_yield_in_angstroms", "output_budget_in_gigabytes")
 _SEED_LIMIT = 2**32  # seeds are 32-bit: 0 <= seed < 2**32
 
 

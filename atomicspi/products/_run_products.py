@@ -24,7 +24,12 @@ from ._grid import make_grid
 from ._markov_state_model import markov_state_model
 from ._plot import plot_landscape
 from ._representatives import representative_particles
-from ._run_collective_variables import default_collective_variable, load_run_collective_variables, samples_layout
+from ._run_collective_variables import (
+    _samples_per_particle,
+    default_collective_variable,
+    load_run_collective_variables,
+    samples_layout,
+)
 
 __all__ = ["run_products"]
 
@@ -254,7 +259,7 @@ def _structures(output_dir, representatives, n_particles, n_structures, seed):
 
     names = ("topology.pdb", "ensemble_samples.dcd", "ensemble_mean.dcd")
     if not all((output_dir / name).is_file() for name in names):
-        return None
+        return _structures_from_posterior_ensemble(output_dir, representatives, n_particles, n_structures)
     n_frames, n_draws = samples_layout(output_dir)
     with mdtraj.formats.DCDTrajectoryFile(str(output_dir / "ensemble_mean.dcd")) as handle:
         n_means = len(handle)
@@ -271,6 +276,34 @@ def _structures(output_dir, representatives, n_particles, n_structures, seed):
     return {
         "frames": frames,
         "ensemble": mdtraj.join([mdtraj.load_frame(samples, int(frame), top=topology) for frame in frames]),
+        "representatives": [mdtraj.load_frame(means, int(particle), top=topology) for particle in representatives],
+    }
+
+
+def _structures_from_posterior_ensemble(output_dir, representatives, n_particles, n_structures):
+    """Without `ensemble_samples.dcd` (a run over its output budget): the first structures of
+    `posterior_ensemble.dcd` (already samples of the aggregated posterior, in random order; which
+    draws they are is in `run.json`), or None when that is absent too."""
+    import mdtraj
+
+    names = ("topology.pdb", "posterior_ensemble.dcd", "ensemble_mean.dcd", "run.json")
+    if not all((output_dir / name).is_file() for name in names):
+        return None
+    try:
+        sampled = json.loads((output_dir / "run.json").read_text())["outputs"]["posterior_ensemble"]
+        particles, draws = (np.asarray(sampled[key], dtype=int) for key in ("particles", "draws"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InputError(f"{output_dir / 'run.json'}: field outputs.posterior_ensemble missing or malformed") from None
+    n_draws = _samples_per_particle(output_dir)
+    if np.any(particles >= n_particles) or np.any(draws >= n_draws) or len(particles) != len(draws):
+        raise InputError(f"{output_dir / 'run.json'}: field outputs.posterior_ensemble does not match {n_particles} particles")
+    topology = str(output_dir / "topology.pdb")
+    count = min(n_structures, len(particles))
+    ensemble = str(output_dir / "posterior_ensemble.dcd")
+    means = str(output_dir / "ensemble_mean.dcd")
+    return {
+        "frames": particles[:count] * n_draws + draws[:count],
+        "ensemble": mdtraj.join([mdtraj.load_frame(ensemble, frame, top=topology) for frame in range(count)]),
         "representatives": [mdtraj.load_frame(means, int(particle), top=topology) for particle in representatives],
     }
 
