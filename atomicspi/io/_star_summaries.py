@@ -8,6 +8,7 @@ import pathlib
 import warnings
 
 import numpy as np
+import pandas
 import starfile
 
 from ._errors import InputError
@@ -47,10 +48,12 @@ def write_star_with_columns(
     stack_paths, codes, indices = _resolve_stacks(table["rlnImageName"], source, None if datadir is None else pathlib.Path(datadir))
     relative = [os.path.relpath(path.resolve(), destination.parent.resolve()) for path in stack_paths]
     table["rlnImageName"] = [f"{index + 1:06d}@{relative[code]}" for code, index in zip(codes, indices)]
-    for label, values in columns.items():
+    for label in columns:
         if label in table.columns:
             raise ValueError(f"column {label} is already in {source}")
-        table[label] = np.asarray(values)
+    # all columns at once: one insert per column fragments the frame (a PerformanceWarning per column)
+    added = pandas.DataFrame({label: np.asarray(values) for label, values in columns.items()}, index=table.index)
+    table = pandas.concat([table, added], axis=1)
     blocks[name] = table
     temporary = destination.with_name(destination.name + ".tmp")
     with warnings.catch_warnings():
