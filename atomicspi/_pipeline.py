@@ -26,7 +26,11 @@ _FIT_PARTICLES_SHOWN = 4
 _ctf_parameters, _ordered_batches = ctf_parameters, ordered_batches  # the names bench/ imports
 
 
-_SETTINGS_ADDED_LATER = ("importance_proposals",)
+# Settings added after checkpoints were first written, with their defaults: at their defaults they
+# are left out of the configuration hash, so that older checkpoints stay valid.
+_SETTINGS_ADDED_LATER = {
+    "importance_proposals": None, "particle_fluctuation_in_angstroms": None, "noise": "white", "likelihood_resolution_in_angstroms": None,
+}
 
 
 def _hashable_configuration(config) -> dict:
@@ -37,8 +41,8 @@ def _hashable_configuration(config) -> dict:
         settings.pop(name, None)
     if settings.get("learning_rate_schedule") == "constant":  # else the schedule depends on num_steps
         settings.pop("num_steps", None)
-    for name in _SETTINGS_ADDED_LATER:  # at their defaults they leave older checkpoints valid
-        if settings.get(name) is None:
+    for name, default in _SETTINGS_ADDED_LATER.items():  # at their defaults they leave older checkpoints valid
+        if settings.get(name) == default:
             settings.pop(name, None)
     return {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in settings.items()}
 
@@ -70,6 +74,102 @@ def _estimate_contrast(dataset, image_model, structure, n_images: int = 64) -> f
     images = np.asarray(batch.images, dtype=float)
     images = images - images.mean(axis=(1, 2), keepdims=True)
     return float(np.sum(images * predicted) / np.sum(predicted * predicted))
+
+
+_NOISE_SPECTRUM_IMAGES = 512  # residual images per optics group for its noise power spectrum
+_NOISE_SPECTRUM_SMALLEST_GROUP = 32  # groups with fewer particles share the pooled spectrum
+
+
+def _estimate_noise_power_spectra(
+    dataset, image_model, structure, n_images: int = _NOISE_SPECTRUM_IMAGES, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The radial power spectrum of each optics group's noise, from residuals: each of the group's
+    first `n_images` particles minus the reference projected at its pose times the image's own
+    least-squares contrast (fitted with an offset, which stays in the residual: the models have
+    none, so `k = 0` holds the images' offsets).
+
+    Residuals rather than the background outside the particle: they use every pixel, need no window
+    correction, and keep the CTF-delocalised signal (which reaches the corners of small boxes) out
+    of the noise. What they keep is the signal of the particles' differences from the reference:
+    the spectrum is overestimated by it, relatively most where the noise is weakest (3–10 % at the
+    high shells of `bench/coloured_noise.py`, 0.7 Å from the reference), which widens the posteriors
+    rather than narrowing them; `noise_std` (the spectrum's level) is learned.
+
+    Fitting each image's contrast takes out the noise along its projection p, most of it where p has
+    its power (5 % of shell 1 for Cα adenylate kinase at 32² and 4 Å). That loss is known exactly: with
+    `w` the share of p's power (centred) and `v` of the subtracted image at each frequency, the
+    expected residual power at k is `P(k) (1 − 2 w(k)) + v(k) Σ_q w(q) P(q)`, per shell a linear
+    map of the spectrum averaged over the images, which is inverted. Then
+    `atomicspi.microscope.smoothed_power_spectrum` smooths and floors the shells; a group of fewer
+    than `_NOISE_SPECTRUM_SMALLEST_GROUP` particles takes the estimate of all groups together.
+
+    **Returns:** `(spectra (n_groups, n_shells) in image units² (the `atomicspi.microscope`
+    normalisation, shells of `radial_shell_indices`), the optics group of each particle (n,),
+    residual images used per group (n_groups,))`.
+    """
+    import functools
+
+    from atomicspi.microscope import radial_shell_count, smoothed_power_spectrum
+    from atomicspi.models import render_images
+
+    groups = np.asarray(dataset.optics_group_indices, dtype=np.int64)
+    n_groups = max(len(dataset.optics_groups), int(groups.max()) + 1 if len(groups) else 1)
+    box_size = dataset.box_size
+    n_pixels, n_shells = box_size * box_size, radial_shell_count(box_size)
+    index = np.fft.fftfreq(box_size) * box_size  # the full frequency grid, its shells and their sizes
+    shells = np.minimum(np.round(np.hypot(index[:, None], index[None, :])).astype(np.int64), n_shells - 1).ravel()
+    shell_sizes = np.maximum(np.bincount(shells, minlength=n_shells), 1)
+    image_shells = (np.arange(batch_size)[:, None] * n_shells + shells[None, :]).ravel()
+
+    def shell_means(values):  # (b, D, D) → (b, n_shells): the mean over each shell's frequencies
+        count = values.shape[0]
+        sums = np.bincount(image_shells[: count * n_pixels], weights=values.reshape(-1), minlength=count * n_shells)
+        return sums.reshape(count, n_shells) / shell_sizes
+
+    render = jax.jit(functools.partial(render_images, image_model))
+    reference = jnp.broadcast_to(jnp.asarray(structure.positions_in_angstroms, dtype=jnp.float32), (batch_size, structure.n_atoms, 3))
+    raw = np.zeros((n_groups, n_shells))  # Σ over images of the residual power per shell
+    map_sums = np.zeros((n_groups, n_shells, n_shells))  # Σ over images of the expected-power map
+    counts = np.zeros(n_groups, dtype=np.int64)
+    for group in range(n_groups):
+        members = np.flatnonzero(groups == group)[:n_images]
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])])  # one compiled shape
+            batch = dataset.batch(padded)
+            predicted = np.asarray(render(
+                reference, jnp.asarray(batch.rotations, dtype=jnp.float32),
+                jnp.asarray(batch.shifts_in_angstroms, dtype=jnp.float32), ctf_parameters(batch.ctf),
+            ), dtype=np.float64)[: len(chunk)]
+            images = np.asarray(batch.images, dtype=np.float64)[: len(chunk)]
+            centred = predicted - predicted.mean(axis=(1, 2), keepdims=True)
+            norms = np.sum(centred * centred, axis=(1, 2))
+            safe = np.where(norms > 0, norms, 1.0)[:, None]
+            contrast = np.where(norms > 0, np.sum(images * centred, axis=(1, 2)) / safe[:, 0], 0.0)
+            residual = images - contrast[:, None, None] * predicted
+            raw[group] += shell_means(np.abs(np.fft.fft2(residual)) ** 2).sum(axis=0) / n_pixels
+            fitted = np.where(norms[:, None] > 0, shell_means(np.abs(np.fft.fft2(centred)) ** 2) / (n_pixels * safe), 0.0)
+            subtracted = np.where(norms[:, None] > 0, shell_means(np.abs(np.fft.fft2(predicted)) ** 2) / (n_pixels * safe), 0.0)
+            map_sums[group] += np.diag(-2.0 * fitted.sum(axis=0)) + np.einsum("bn,bm->nm", subtracted, fitted * shell_sizes)
+            counts[group] += len(chunk)
+
+    def estimate(raw_sum, map_sum, count):
+        expected_power = np.eye(n_shells) + map_sum / count
+        return np.asarray(smoothed_power_spectrum(jnp.asarray(np.linalg.solve(expected_power, raw_sum / count))), dtype=np.float64)
+
+    pooled = estimate(raw.sum(axis=0), map_sums.sum(axis=0), max(int(counts.sum()), 1))
+    spectra = np.stack([
+        estimate(raw[group], map_sums[group], counts[group]) if counts[group] >= _NOISE_SPECTRUM_SMALLEST_GROUP else pooled
+        for group in range(n_groups)
+    ])
+    return spectra, groups, counts
+
+
+def _pixel_variance(spectrum: np.ndarray, box_size: int) -> float:
+    """Noise variance per pixel of a radial power spectrum: its mean over the full `D × D` frequency grid."""
+    index = np.fft.fftfreq(box_size) * box_size
+    shells = np.minimum(np.round(np.hypot(index[:, None], index[None, :])).astype(int), len(spectrum) - 1)
+    return float(np.mean(np.asarray(spectrum)[shells]))
 
 
 def _check_domains(config, structure) -> None:
@@ -121,7 +221,8 @@ def _refuse_noiseless_images(config, dataset) -> None:
 
 class Prepared(NamedTuple):
     """A validated run's inputs: the particles, the reference, the image model, the noise and
-    contrast estimated from the images, and the (now existing) output folder."""
+    contrast estimated from the images, the (now existing) output folder, and with `noise:
+    coloured` the noise power spectra of `_estimate_noise_power_spectra`."""
 
     dataset: Any
     structure: Any
@@ -129,6 +230,7 @@ class Prepared(NamedTuple):
     noise_std: float
     contrast: float
     output: pathlib.Path
+    noise_power_spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # `noise: coloured`
 
 
 class SetUp(NamedTuple):
@@ -184,6 +286,14 @@ def prepare(config) -> Prepared:
             "projected at their poses: is the contrast inverted (protein must be bright), or are the poses or "
             "the reference's frame wrong?"
         )
+    noise_power_spectra = None
+    if config.noise == "coloured":
+        noise_power_spectra = _estimate_noise_power_spectra(dataset, image_model, structure)
+        if not np.all(np.isfinite(noise_power_spectra[0]) & (noise_power_spectra[0] > 0)):
+            raise InputError(
+                f"{config.particles}: field images: the images minus the reference projected at their poses leave no "
+                "noise, so the noise power spectrum cannot be estimated (noise: coloured; noiseless images cannot be fitted)"
+            )
     batch_size = min(config.batch_size, len(dataset))
     if config.device_count is not None and (config.device_count > len(jax.local_devices()) or batch_size % config.device_count):
         raise InputError(
@@ -195,7 +305,7 @@ def prepare(config) -> Prepared:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{output}: field output: cannot create the folder ({error.strerror or error})") from None
-    return Prepared(dataset, structure, image_model, noise_std, contrast, output)
+    return Prepared(dataset, structure, image_model, noise_std, contrast, output, noise_power_spectra)
 
 
 def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
@@ -203,23 +313,43 @@ def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
     from atomicspi.inference import AmortizedGuide
     from atomicspi.models import ModelOptions, build_model_context
 
+    noise_std_guess, noise_record = prepared.noise_std, {"model": config.noise}
+    if prepared.noise_power_spectra is not None:
+        # noise_std becomes the square root of the factor on the spectra; its prior median σ₀ is the
+        # root-mean-square noise per pixel of the estimate, averaged over the particles' groups
+        spectra, groups, counts = prepared.noise_power_spectra
+        variances = np.array([_pixel_variance(spectrum, prepared.dataset.box_size) for spectrum in spectra])
+        noise_std_guess = float(np.sqrt(np.mean(variances[groups])))
+        noise_record.update(
+            power_spectra=spectra.tolist(), residual_images_per_group=counts.tolist(),
+            pixel_noise_std_per_group=np.sqrt(variances).tolist(), noise_std_guess=noise_std_guess,
+        )
     options = ModelOptions(
         contrast_guess=prepared.contrast,
-        noise_std_guess=prepared.noise_std,
+        noise_std_guess=noise_std_guess,
         refine_poses=config.poses == "infer",
         latent_dim=config.latent_dim,
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
+        particle_fluctuation_in_angstroms=config.particle_fluctuation_in_angstroms if family.name == "deformation" else None,
+        likelihood_resolution_in_angstroms=config.likelihood_resolution_in_angstroms,
     )
     context = build_model_context(
         prepared.structure, prepared.image_model, config.n_modes, config.cutoff_in_angstroms, options,
         coarse_grain=config.coarse_grain, domain_residue_ranges=config.domains if family.uses_domains else None,
     )
+    if prepared.noise_power_spectra is not None:
+        context = dataclasses.replace(
+            context,
+            noise_power_spectrum=jnp.asarray(spectra / noise_std_guess**2, dtype=jnp.float32),
+            particle_noise_groups=jnp.asarray(groups, dtype=jnp.int32) if len(spectra) > 1 else None,
+        )
     context, extra_arguments, diagnostics = family.set_up(config, prepared.dataset, context, key=jax.random.fold_in(key, 1))
     guide = AmortizedGuide(
         family.local_sites(context), context, prepared.dataset.box_size, key=jax.random.fold_in(key, 2),
         global_sites=family.global_sites(context), per_particle_offsets=config.guide == "semi_amortized",
     )
     model_arguments = {"context": context, "n_particles": len(prepared.dataset), **extra_arguments}
+    diagnostics = {**diagnostics, "noise": noise_record}
     return SetUp(family, with_ctf_parameters(family.model), guide, model_arguments, diagnostics)
 
 

@@ -25,7 +25,9 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class SimulatedParticles:
     """Images `(n, D, D)` with their ground truth (positions `(n, n_atoms, 3)` in Å, RELION rotations,
-    shifts in Å, CTF parameters as named arrays), pixel size, and the noise standard deviation."""
+    shifts in Å, CTF parameters as named arrays), pixel size, and the noise standard deviation (per
+    pixel); with coloured noise its radial power spectrum (`atomicspi.microscope` normalisation,
+    unit mean over the frequency grid), with per-particle contrast the factors `(n,)`."""
 
     images: np.ndarray
     positions_in_angstroms: np.ndarray
@@ -34,6 +36,8 @@ class SimulatedParticles:
     ctf: dict
     pixel_size_in_angstroms: float
     noise_std: float
+    noise_power_spectrum: np.ndarray | None = None
+    contrast: np.ndarray | None = None
 
 
 def interpolated_conformations(start, end, fractions) -> np.ndarray:
@@ -137,6 +141,8 @@ def simulate_particles(
     amplitude_contrast_ratio: float = 0.1,
     batch_size: int = 64,
     optics: dict | None = None,
+    noise_power_spectrum=None,
+    contrast_range: tuple[float, float] | None = None,
 ) -> SimulatedParticles:
     """Render one particle per conformation with a uniform random pose, a random shift and defocus,
     and white Gaussian noise whose variance is the mean signal variance over the SNR.
@@ -148,6 +154,12 @@ def simulate_particles(
     - `box_size`, `pixel_size_in_angstroms`: the images.
     - `signal_to_noise_ratio`: variance of the clean images over the noise variance.
     - `optics`: fixed beam tilt, Zernike terms, B-factor, scale (`random_acquisition`).
+    - `noise_power_spectrum`: `(n_shells,)` a radial spectrum (`atomicspi.microscope` shells; the
+      last holds beyond): the noise is coloured with it, scaled to the same variance per pixel as the
+      white noise (the same white draws, filtered: the same particles with white and with coloured
+      noise of equal total power share every other random number).
+    - `contrast_range`: per-particle contrast uniform in this range, multiplying the signal (drawn
+      after the noise, so the other random numbers are unchanged).
 
     **Returns:** `SimulatedParticles`.
     """
@@ -174,7 +186,15 @@ def simulate_particles(
     signal_variance = float(np.mean(np.var(clean, axis=(1, 2))))
     # Normalise so that the noise has unit standard deviation, as in a whitened, normalised stack.
     noise_std = float(np.sqrt(signal_variance / signal_to_noise_ratio))
-    images = clean / noise_std + rng.standard_normal(clean.shape).astype(np.float32)
+    spectrum = contrast = None
+    if noise_power_spectrum is None and contrast_range is None:
+        images = clean / noise_std + rng.standard_normal(clean.shape).astype(np.float32)
+    else:
+        noise = rng.standard_normal(clean.shape).astype(np.float32)
+        if noise_power_spectrum is not None:
+            spectrum, noise = _coloured(noise, noise_power_spectrum)
+        contrast = np.ones(n) if contrast_range is None else rng.uniform(*contrast_range, size=n)
+        images = contrast[:, None, None].astype(np.float32) * (clean / noise_std) + noise
     return SimulatedParticles(
         images=images.astype(np.float32),
         positions_in_angstroms=positions,
@@ -183,7 +203,24 @@ def simulate_particles(
         ctf=ctf,
         pixel_size_in_angstroms=float(pixel_size_in_angstroms),
         noise_std=1.0,
+        noise_power_spectrum=spectrum,
+        contrast=contrast,
     )
+
+
+def _coloured(white: np.ndarray, power_spectrum) -> tuple[np.ndarray, np.ndarray]:
+    """White unit noise `(n, D, D)` filtered to a radial power spectrum scaled to unit variance per
+    pixel: `(the scaled spectrum, the noise)`."""
+    box_size = white.shape[-1]
+    spectrum = np.asarray(power_spectrum, dtype=np.float64)
+    index = np.fft.fftfreq(box_size) * box_size
+    full = spectrum[np.minimum(np.round(np.hypot(index[:, None], index[None, :])).astype(int), len(spectrum) - 1)]
+    spectrum = spectrum / full.mean()
+    half = np.fft.rfftfreq(box_size) * box_size
+    shells = np.minimum(np.round(np.hypot(index[:, None], half[None, :])).astype(int), len(spectrum) - 1)
+    amplitude = np.sqrt(spectrum[shells])
+    noise = np.fft.irfft2(amplitude * np.fft.rfft2(white.astype(np.float64)), s=(box_size, box_size))
+    return spectrum, noise.astype(np.float32)
 
 
 def write_simulated_dataset(
@@ -208,14 +245,16 @@ def write_simulated_dataset(
         ctf=particles.ctf, rotations=particles.rotations, shifts_in_angstroms=particles.shifts_in_angstroms,
     )
     calpha = structure.topology.select("name CA and protein")
-    np.savez(
-        folder / "truth.npz",
-        calpha_positions_in_angstroms=particles.positions_in_angstroms[:, calpha],
-        rotations=particles.rotations,
-        shifts_in_angstroms=particles.shifts_in_angstroms,
-        noise_std=particles.noise_std,
-        **(truth_extra or {}),
-    )
+    truth: dict = {
+        "calpha_positions_in_angstroms": particles.positions_in_angstroms[:, calpha],
+        "rotations": particles.rotations,
+        "shifts_in_angstroms": particles.shifts_in_angstroms,
+        "noise_std": particles.noise_std,
+    }
+    for name in ("noise_power_spectrum", "contrast"):  # coloured noise, per-particle contrast
+        if getattr(particles, name) is not None:
+            truth[name] = getattr(particles, name)
+    np.savez(folder / "truth.npz", **truth, **(truth_extra or {}))
     config = {
         "particles": "particles.star",
         "reference": "reference.pdb",

@@ -1,15 +1,20 @@
 """Images per second of atomicspi's image model vs cryoJAX's, AdK (3,341 atoms), same inputs.
 
-    python bench/microscope.py [--sizes 64 128 256] [--batch 16] [--pixel-size 1.0]
+    python bench/microscope.py [--sizes 64 128 256] [--batch 16] [--pixel-size 1.0] [--methods splat fourier] [--rounds 5]
 
 For each box size D: a batch of particles (own positions = AdK + small random displacements,
 pose, shift, CTF) is simulated with `jax.jit(jax.vmap(...))`, forward and forward+gradient with
-respect to the atom positions (gradient of Σ image · weights). Warm-up (compilation) excluded,
-`block_until_ready`. cryoJAX uses its default `make_image_model` path (dense pixel-integrated
-Gaussian sums, `GaussianMixtureVolume.from_tabulated_parameters` + `GaussianMixtureProjection`).
-Both apply the CTF on the unpadded D × D grid. Prints images/s, ratios and the arithmetic cost
-per image (dense: 5·N·D² multiply-adds and 10·N·(D+1) error functions; splat: Σ_groups 5·N_g·w_g²
-and 10·N_g·(w_g+1)) with the time that each would imply per operation.
+respect to the atom positions (gradient of Σ image · weights), by each of our `--methods`
+(`make_image_model(..., method=...)`: "splat", "fourier", "dense") and by cryoJAX. All functions
+are compiled and warmed up first (compilation excluded), then timed in interleaved rounds (one
+call of each per round, `block_until_ready`), so that a change of the machine's load hits all of
+them alike; the median round is reported. cryoJAX uses its default `make_image_model` path (dense
+pixel-integrated Gaussian sums, `GaussianMixtureVolume.from_tabulated_parameters` +
+`GaussianMixtureProjection`). All apply the CTF on the unpadded D × D grid. Prints images/s,
+ratios, each method's image correlation with cryoJAX's, and the arithmetic cost per image (dense:
+5·N·D² multiply-adds and 10·N·(D+1) error functions; splat: Σ_groups 5·N_g·w_g² and
+10·N_g·(w_g+1); fourier: N·C·w² spread values for C form-factor channels and a width-w kernel,
+plus C real FFTs of G × G).
 """
 
 import argparse
@@ -29,15 +34,17 @@ from atomicspi.structure import load_structure
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _time(function, *args, minimum_seconds=1.0, maximum_repeats=5):
-    jax.block_until_ready(function(*args))  # compile + warm up
-    repeats, start = 0, time.perf_counter()
-    while True:
-        jax.block_until_ready(function(*args))
-        repeats += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= minimum_seconds or repeats >= maximum_repeats:
-            return elapsed / repeats
+def _time_interleaved(functions, args, rounds):
+    """Median seconds per call of each function, timed one call each per round after a warm-up call."""
+    for function in functions.values():
+        jax.block_until_ready(function(*args))  # compile + warm up
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            jax.block_until_ready(function(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def main():
@@ -45,6 +52,8 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pixel-size", type=float, default=1.0)
+    parser.add_argument("--methods", nargs="+", default=["splat", "fourier"], choices=["splat", "fourier", "dense"])
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-cryojax", action="store_true")
     options = parser.parse_args()
 
@@ -64,25 +73,21 @@ def main():
     print(f"AdK {n_atoms} atoms, batch {batch}, pixel {options.pixel_size} Å, float32, images/s (higher is better)")
 
     for box in options.sizes:
-        image_model = make_image_model(model.atomic_numbers, model.b_factors_in_angstroms_squared, box, options.pixel_size)
         weights = jnp.asarray(rng.normal(size=(box, box)), dtype=jnp.float32)
+        functions, image_models = {}, {}
+        for method in options.methods:
+            image_model = make_image_model(
+                model.atomic_numbers, model.b_factors_in_angstroms_squared, box, options.pixel_size, method=method
+            )
+            image_models[method] = image_model
 
-        def ours_one(positions, angles, shift, ctf):
-            return image_model(positions, euler_angles_to_matrix(angles), shift, ctf)
+            def ours_one(positions, angles, shift, ctf, image_model=image_model):
+                return image_model(positions, euler_angles_to_matrix(angles), shift, ctf)
 
-        ours_forward = jax.jit(jax.vmap(ours_one))
-        ours_gradient = jax.jit(
-            jax.vmap(jax.value_and_grad(lambda p, a, s, c: jnp.sum(weights * ours_one(p, a, s, c))))
-        )
-        results = {
-            "ours forward": _time(ours_forward, batch_positions, angles, shifts, ctf),
-            "ours gradient": _time(ours_gradient, batch_positions, angles, shifts, ctf),
-        }
-        splat_cost = sum(5 * (stop - start) * window**2 for start, stop, window in image_model.groups)
-        dense_cost = 5 * n_atoms * box * box
-        # error functions: 5 Gaussians × 2 axes × (pixels + 1) edges per atom
-        splat_erfs = sum(10 * (stop - start) * (window + 1) for start, stop, window in image_model.groups)
-        dense_erfs = 10 * n_atoms * (box + 1)
+            functions[f"{method} forward"] = jax.jit(jax.vmap(ours_one))
+            functions[f"{method} gradient"] = jax.jit(
+                jax.vmap(jax.value_and_grad(lambda p, a, s, c, one=ours_one: jnp.sum(weights * one(p, a, s, c))))
+            )
         if not options.skip_cryojax:
             import cryojax.simulator as cxs
             from cryojax.constants import PengScatteringFactorParameters
@@ -92,7 +97,7 @@ def main():
                 extra_b_factors=model.b_factors_in_angstroms_squared,
             )
 
-            def theirs_one(positions, angles, shift, ctf):
+            def theirs_one(positions, angles, shift, ctf, box=box):
                 config = cxs.BasicImageConfig((box, box), options.pixel_size, 300.0)
                 volume = cxs.GaussianMixtureVolume(positions, reference.amplitudes, reference.variances)
                 pose = cxs.EulerAnglePose(shift[0], shift[1], -angles[0], -angles[1], -angles[2])
@@ -107,31 +112,60 @@ def main():
                 )
                 return -cxs.make_image_model(volume, config, pose, transfer).simulate()
 
-            theirs_forward = eqx.filter_jit(jax.vmap(theirs_one))
-            theirs_gradient = eqx.filter_jit(
+            functions["cryoJAX forward"] = eqx.filter_jit(jax.vmap(theirs_one))
+            functions["cryoJAX gradient"] = eqx.filter_jit(
                 jax.vmap(jax.value_and_grad(lambda p, a, s, c: jnp.sum(weights * theirs_one(p, a, s, c))))
             )
-            results["cryoJAX forward"] = _time(theirs_forward, batch_positions, angles, shifts, ctf)
-            results["cryoJAX gradient"] = _time(theirs_gradient, batch_positions, angles, shifts, ctf)
-            ours_images = np.asarray(ours_forward(batch_positions, angles, shifts, ctf))
-            their_images = np.asarray(theirs_forward(batch_positions, angles, shifts, ctf))
-            correlation = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours_images, their_images)])
-        print(f"\nD = {box}  (splat windows {[(stop - start, window) for start, stop, window in image_model.groups]} as (atoms, w))")
-        for name, seconds in results.items():
-            cost, erfs = (dense_cost, dense_erfs) if name.startswith("cryoJAX") else (splat_cost, splat_erfs)
-            nanoseconds = 1e9 * seconds / batch
+        arguments = (batch_positions, angles, shifts, ctf)
+        results = _time_interleaved(functions, arguments, options.rounds)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+        # arithmetic per image, per method
+        costs = {"dense": (5 * n_atoms * box * box, f"{10 * n_atoms * (box + 1) / 1e6:5.2f} M erf")}
+        if "splat" in image_models:
+            groups = image_models["splat"].groups
+            splat_erfs = sum(10 * (stop - start) * (window + 1) for start, stop, window in groups)
+            costs["splat"] = (sum(5 * (stop - start) * window**2 for start, stop, window in groups), f"{splat_erfs / 1e6:5.2f} M erf")
+        if "fourier" in image_models:
+            projector = image_models["fourier"].fourier_projector
+            assert projector is not None
+            channels = projector.weights.shape[1]
+            costs["fourier"] = (
+                n_atoms * channels * projector.kernel_width**2,
+                f"{channels} × rfft2 {projector.grid_size}²",
+            )
+        print(f"\nD = {box}  (load average {load:.1f} after the timings)")
+        if "splat" in image_models:
+            print(f"  splat windows {[(stop - start, window) for start, stop, window in image_models['splat'].groups]} as (atoms, w)")
+        if "fourier" in image_models:
+            projector = image_models["fourier"].fourier_projector
+            assert projector is not None
             print(
-                f"  {name:17s} {batch / seconds:8.1f} images/s {1e3 * seconds / batch:8.2f} ms/image | "
-                f"{cost / 1e6:8.2f} M mult-adds + {erfs / 1e6:5.2f} M erf per image: "
-                f"{nanoseconds / cost:6.3f} ns/mult-add, {nanoseconds / erfs:6.1f} ns/erf if all time went to either"
+                f"  fourier: {projector.weights.shape[1]} form-factor channels, kernel width {projector.kernel_width}, "
+                f"grid G = {projector.grid_size}, frequencies |n|, |m| ≤ K = {projector.max_frequency}"
+            )
+        for name, seconds in results.items():
+            method = "dense" if name.startswith("cryoJAX") else name.split()[0]
+            cost, other = costs[method]
+            print(
+                f"  {name:18s} {batch / seconds:8.1f} images/s {1e3 * seconds / batch:8.2f} ms/image | "
+                f"{cost / 1e6:8.2f} M mult-adds (or spread values) + {other} per image"
             )
         if not options.skip_cryojax:
+            their_images = np.asarray(functions["cryoJAX forward"](*arguments))
+            for method in image_models:
+                ours_images = np.asarray(functions[f"{method} forward"](*arguments))
+                correlation = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours_images, their_images)])
+                print(
+                    f"  ratio {method}/cryoJAX: forward {results['cryoJAX forward'] / results[f'{method} forward']:.1f}x, "
+                    f"forward+gradient {results['cryoJAX gradient'] / results[f'{method} gradient']:.1f}x; "
+                    f"image correlation {correlation:.5f}"
+                )
+        if "splat" in image_models and "fourier" in image_models:
             print(
-                f"  ratio ours/cryoJAX: forward {results['cryoJAX forward'] / results['ours forward']:.1f}x, "
-                f"forward+gradient {results['cryoJAX gradient'] / results['ours gradient']:.1f}x; "
-                f"image correlation {correlation:.5f}; arithmetic ratio dense/splat {dense_cost / splat_cost:.1f}x"
+                f"  ratio fourier/splat: forward {results['splat forward'] / results['fourier forward']:.2f}x, "
+                f"forward+gradient {results['splat gradient'] / results['fourier gradient']:.2f}x"
             )
-
 
 if __name__ == "__main__":
     main()

@@ -13,11 +13,15 @@ from ._deformation import decoded_structure as decoded_structure
 from ._deformation import decoder_along_motions as decoder_along_motions
 from ._deformation import deformation as deformation
 from ._deformation import deformation_positions as deformation_positions
+from ._deformation import fluctuation_field as fluctuation_field
+from ._deformation import fluctuation_scale as fluctuation_scale
 from ._deformation import latent_elastic_log_normaliser as latent_elastic_log_normaliser
 from ._deformation import spring_constant_for_spread as spring_constant_for_spread
 from ._domains import domain_positions as domain_positions
 from ._domains import domains as domains
 from ._homogeneous import homogeneous as homogeneous
+from ._likelihood import StationaryGaussianImages as StationaryGaussianImages
+from ._likelihood import noise_power_on_grid as noise_power_on_grid
 from ._likelihood import render_images as render_images
 from ._nma import nma as nma
 from ._nma import nma_positions as nma_positions

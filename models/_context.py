@@ -31,6 +31,14 @@ class ModelOptions(eqx.Module):
       priors proper along the six zero-energy rigid-body directions.
     - `spring_yield_in_angstroms`: when given, the `deformation` prior's springs yield beyond this
       stretch (`ElasticNetwork.yielding_energy`) instead of staying harmonic.
+    - `particle_fluctuation_in_angstroms`: when given (and the `deformation` decoder has a block
+      basis), each particle's beads also move by its own small rigid-block field beyond the decoded
+      structure, whose root-mean-square bead displacement has this prior median
+      (`atomicspi.models.fluctuation_field`).
+    - `likelihood_resolution_in_angstroms`: when given, the images' likelihood counts only their
+      Fourier components up to this resolution (`observe_images`).
+    - `fluctuation_fields`: how many block fields those fluctuations have (the deformation family
+      sets it from its decoder's basis; 0 = no fluctuations).
     """
 
     temperature_factor: float = eqx.field(static=True, default=1.0)
@@ -43,6 +51,9 @@ class ModelOptions(eqx.Module):
     latent_dim: int = eqx.field(static=True, default=4)
     rigid_body_spring_constant: float = eqx.field(static=True, default=1e-2)
     spring_yield_in_angstroms: float | None = eqx.field(static=True, default=None)
+    particle_fluctuation_in_angstroms: float | None = eqx.field(static=True, default=None)
+    fluctuation_fields: int = eqx.field(static=True, default=0)
+    likelihood_resolution_in_angstroms: float | None = eqx.field(static=True, default=None)
 
 
 class ModelContext(eqx.Module):
@@ -64,6 +75,13 @@ class ModelContext(eqx.Module):
     - `bead_domains`: `(n_beads,)` rigid domain of every bead (all 0 when no domains are given);
       domain 0 holds most beads and does not move (its motion is the particle's pose).
     - `n_domains`: number of domains (static).
+    - `noise_power_spectrum`: `None` for white noise (per-pixel `noise_std`), or `(n_noise_groups,
+      n_shells)` the radial power spectrum of the coloured noise of each optics group
+      (`atomicspi.microscope` normalisation, shells `radial_shell_indices`) in units of
+      `noise_std²`: the images' noise power at shell n of group g is `noise_std² · spectrum[g, n]`.
+    - `particle_noise_groups`: with several noise groups, `(n_particles,)` the row of
+      `noise_power_spectrum` of each particle (the models look it up by the minibatch's `indices`);
+      `None` when there is one row.
     """
 
     reference_positions_in_angstroms: Float[Array, "n_atoms 3"]
@@ -76,6 +94,8 @@ class ModelContext(eqx.Module):
     options: ModelOptions
     bead_domains: Int[Array, " n_beads"]
     n_domains: int = eqx.field(static=True, default=1)
+    noise_power_spectrum: Float[Array, "n_noise_groups n_shells"] | None = None
+    particle_noise_groups: Int[Array, " n_particles"] | None = None
 
     @property
     def n_beads(self) -> int:

@@ -26,6 +26,8 @@ __all__ = [
     "decoder_along_motions",
     "deformation",
     "deformation_positions",
+    "fluctuation_field",
+    "fluctuation_scale",
     "latent_elastic_log_normaliser",
     "spring_constant_for_spread",
 ]
@@ -188,6 +190,36 @@ def deformation_positions(
     return positions.reshape(*z.shape[:-1], *positions.shape[-2:])
 
 
+def fluctuation_scale(context: ModelContext, decoder: Decoder) -> float:
+    """The prior median τ₀ of the fluctuation coefficients' standard deviation: with `n_basis`
+    orthonormal block fields over `n_beads` beads, coefficients of standard deviation τ move the beads
+    by a root-mean-square τ·√(n_basis / n_beads), so τ₀ = `particle_fluctuation_in_angstroms` ·
+    √(n_beads / n_basis)."""
+    if decoder.basis is None or context.options.particle_fluctuation_in_angstroms is None:
+        raise ValueError("particle fluctuations need a decoder with a block basis and particle_fluctuation_in_angstroms")
+    return float(context.options.particle_fluctuation_in_angstroms * np.sqrt(decoder.n_beads / decoder.basis.shape[0]))
+
+
+def fluctuation_field(
+    context: ModelContext,
+    decoder: Decoder,
+    coefficients_in_angstroms: Float[Array | np.ndarray, "*batch n_basis"],
+) -> Float[Array, "*batch n_atoms 3"]:
+    """Atom displacements `(..., n_atoms, 3)` of a particle's own fluctuation about its decoded
+    structure: the first-order field Σ_k c_k · basis_k of the decoder's block rigid motions at the
+    beads, carried to every atom by its bead.
+
+    Particles are not exactly on the decoder's low-dimensional manifold (thermal motion, and a
+    decoder that cannot follow every hinge's relaxation): without this freedom each image pulls its
+    latent to where the decoded structure's projection best matches, an error that depends on the
+    view and that q(z) cannot see (issue 19: path-position errors twice the posterior's spread)."""
+    if decoder.basis is None:
+        raise ValueError("fluctuation_field needs a decoder with a block basis")
+    basis = jax.lax.stop_gradient(decoder.basis)
+    beads = jnp.einsum("...k,kbc->...bc", jnp.asarray(coefficients_in_angstroms), basis)
+    return beads[..., context.atom_to_bead, :]
+
+
 def latent_elastic_log_normaliser(
     context: ModelContext, decoder: Decoder, spring_constant: float | Float[Array, ""]
 ) -> Float[Array, ""]:
@@ -226,19 +258,33 @@ def deformation(
     `elastic_energy` = −γE(x(z))/kT − log Z(γ, decoder), E the elastic network's energy of the decoded
     bead positions (with `domains`, only the springs inside domains; with
     `options.spring_yield_in_angstroms`, springs that yield: `ModelContext.prior_energy`) and Z the normaliser of
-    `latent_elastic_log_normaliser` (so that γ can be learned); optional pose corrections, `contrast`,
+    `latent_elastic_log_normaliser` (so that γ can be learned); with `options.fluctuation_fields`
+    (and `particle_fluctuation_in_angstroms`), the global
+    `fluctuation_log_scale` ~ N(0, 1) and per particle `fluctuation` ~ N(0, I): the particle's own
+    block field `fluctuation_field` with coefficients τ₀·exp(fluctuation_log_scale)·fluctuation is added
+    to the decoded atoms (`fluctuation_scale` gives τ₀); optional pose corrections, `contrast`,
     observed `images`.
     """
     spring_constant, noise_std = sample_globals(context)
     options = context.options
     net = eqx_module("decoder", decoder)
     log_normaliser = latent_elastic_log_normaliser(context, net, spring_constant)
+    fluctuation_size = None
+    if options.fluctuation_fields:
+        if decoder.basis is None or decoder.basis.shape[0] != options.fluctuation_fields:
+            raise ValueError(f"options.fluctuation_fields {options.fluctuation_fields} needs a decoder basis of that many fields")
+        fluctuation_size = options.fluctuation_fields
+        # τ = τ₀ · exp(offset): the spread of the particles about the decoded manifold, learned
+        fluctuation_sd = fluctuation_scale(context, decoder) * jnp.exp(numpyro.sample("fluctuation_log_scale", dist.Normal(0.0, 1.0)))
     batch_size = rotations.shape[0]
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([options.latent_dim]).to_event(1))
         displacements, positions = jax.vmap(functools.partial(decoded_structure, context, net))(z)
+        if fluctuation_size is not None:
+            standardised = numpyro.sample("fluctuation", dist.Normal(0.0, 1.0).expand([fluctuation_size]).to_event(1))
+            positions = positions + fluctuation_field(context, net, fluctuation_sd[..., None] * standardised)
         energy = jax.vmap(context.prior_energy)(context.bead_positions_in_angstroms + displacements)
         numpyro.factor("elastic_energy", -spring_constant * energy / options.temperature_factor - log_normaliser)
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         predicted = render_images(image_model_of(context), positions, rotations, shifts, ctf)
-        observe_images(context, predicted, noise_std, images)
+        observe_images(context, predicted, noise_std, images, indices)

@@ -122,4 +122,4 @@ def domains(
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         positions = domain_positions(context, motion, amplitudes)
         predicted = render_images(image_model_of(context), positions, rotations, shifts, ctf)
-        observe_images(context, predicted, noise_std, images)
+        observe_images(context, predicted, noise_std, images, indices)

@@ -45,4 +45,4 @@ def homogeneous(
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         atom_positions = jnp.broadcast_to(positions, (batch_size, *positions.shape))
         predicted = render_images(image_model_of(context), atom_positions, rotations, shifts, ctf)
-        observe_images(context, predicted, noise_std, images)
+        observe_images(context, predicted, noise_std, images, indices)

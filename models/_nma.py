@@ -57,4 +57,4 @@ def nma(
         rotations, shifts = sample_pose_corrections(context, rotations, shifts_in_angstroms)
         positions = nma_positions(context, amplitudes)
         predicted = render_images(image_model_of(context), positions, rotations, shifts, ctf)
-        observe_images(context, predicted, noise_std, images)
+        observe_images(context, predicted, noise_std, images, indices)

@@ -425,3 +425,44 @@ def test_rigid_block_decoder_keeps_blocks_and_their_atoms_rigid(example_structur
     np.testing.assert_allclose(np.asarray(rigid(z)), np.asarray(displacements), atol=1e-4)
     calpha_atoms = structure.topology.select("name CA and protein")  # the beads are the Cα atoms
     np.testing.assert_allclose(np.asarray(atoms)[calpha_atoms], beads + np.asarray(displacements), atol=1e-3)
+
+
+def test_particle_fluctuations_move_the_rendered_atoms_by_their_block_field(context):
+    """With `particle_fluctuation_in_angstroms`, the image the deformation model predicts is that of
+    the decoded atoms plus Σ_k τ₀ e^offset u_k basis_k at each atom's bead (computed here directly),
+    the fluctuation sites have standard normal priors, and τ₀ gives the requested root-mean-square
+    bead displacement."""
+    import dataclasses
+
+    from atomicspi.models import Decoder, decoded_structure, fluctuation_scale
+    from atomicspi.structure import block_rigid_basis
+
+    reference = np.asarray(context.bead_positions_in_angstroms)
+    basis = block_rigid_basis(reference, 12)
+    options = dataclasses.replace(context.options, particle_fluctuation_in_angstroms=0.3, fluctuation_fields=basis.shape[0])
+    fluctuating = dataclasses.replace(context, options=options)
+    decoder = Decoder(2, context.n_beads, key=jax.random.key(7), basis=basis)
+    scale = fluctuation_scale(fluctuating, decoder)
+    # orthonormal fields: coefficients of sd τ₀ move the beads by τ₀ √(n_basis / n_beads) r.m.s. = 0.3 Å
+    coefficients = np.random.default_rng(0).normal(size=(4000, basis.shape[0])) * scale
+    rms = np.sqrt(np.mean(np.einsum("nk,kbc->nbc", coefficients, basis) ** 2) * 3.0)
+    assert abs(rms - 0.3) < 0.003
+    batch = _batch(2)
+    z = np.array([[0.5, -1.0], [2.0, 0.3]])
+    u = np.random.default_rng(1).normal(size=(2, basis.shape[0]))
+    offset = 0.4
+    data = {"z": z, "fluctuation": u, "fluctuation_log_scale": offset, "contrast": np.ones(2)}
+    trace = handlers.trace(handlers.substitute(handlers.seed(deformation, 0), data=data)).get_trace(
+        images=None, context=fluctuating, n_particles=2, decoder=decoder, **batch
+    )
+    np.testing.assert_allclose(np.asarray(trace["fluctuation"]["fn"].log_prob(jnp.asarray(u))), stats.norm.logpdf(u).sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(float(trace["fluctuation_log_scale"]["fn"].log_prob(offset)), stats.norm.logpdf(offset), rtol=1e-6)
+    atom_to_bead = np.asarray(context.atom_to_bead)
+    for i in range(2):
+        _, decoded = decoded_structure(context, decoder, jnp.asarray(z[i]))
+        field = np.einsum("k,kbc->bc", scale * np.exp(offset) * u[i], basis)[atom_to_bead]
+        expected = _clean_image(context, np.asarray(decoded) + field, batch, i)
+        predicted = np.asarray(trace["images"]["fn"].mean[i])
+        np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        without = _clean_image(context, np.asarray(decoded), batch, i)
+        assert np.abs(predicted - without).max() > 1e-2 * np.abs(expected).max()  # the field is seen

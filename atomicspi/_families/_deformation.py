@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -17,6 +16,24 @@ from ._family import FittedModel, ModelFamily, ModelSetup
 __all__ = ["Deformation"]
 
 _LINEAR_START_PARTICLES = 1024
+
+
+def _noise_std_in_band(context, indices: np.ndarray, box_size: int, pixel_size_in_angstroms: float, resolution_in_angstroms: float) -> float:
+    """The per-pixel white-noise level `principal_motions` should assume: `noise_std_guess` for
+    white noise; with coloured noise, the root-mean-square of the noise spectrum over the frequencies
+    it fits (below `resolution_in_angstroms`, `k = 0` left out) for the particles `indices`, where a
+    falling spectrum is above its mean."""
+    from atomicspi.microscope import rfft_frequencies
+    from atomicspi.models import noise_power_on_grid
+
+    noise_std = context.options.noise_std_guess
+    if context.noise_power_spectrum is None:
+        return noise_std
+    frequencies = np.asarray(rfft_frequencies(box_size, pixel_size_in_angstroms))
+    band = np.linalg.norm(frequencies, axis=-1) <= 1.0 / resolution_in_angstroms
+    band[0, 0] = False
+    power = np.asarray(noise_power_on_grid(context, box_size, jnp.asarray(indices)))
+    return float(noise_std * np.sqrt(np.mean(power[..., band])))
 
 
 def _linear_start(dataset, context, decoder):
@@ -33,7 +50,8 @@ def _linear_start(dataset, context, decoder):
     motions = principal_motions(
         context, np.asarray(batch.images, dtype=np.float32), np.asarray(batch.rotations),
         np.asarray(batch.shifts_in_angstroms), ctf_parameters(batch.ctf), context.options.contrast_guess,
-        context.options.noise_std_guess, context.options.latent_dim, resolution_in_angstroms=resolution,
+        _noise_std_in_band(context, batch.indices, dataset.box_size, dataset.pixel_size_in_angstroms, resolution),
+        context.options.latent_dim, resolution_in_angstroms=resolution,
     )
     decoder = decoder_along_motions(decoder, motions.directions, motions.variances_in_angstroms_squared)
     spring_constant = spring_constant_for_spread(context, motions.directions[0], motions.variances_in_angstroms_squared[0])
@@ -72,7 +90,15 @@ class Deformation(ModelFamily):
 
         # Diagonal: with a full covariance (Cholesky or low-rank form) the full-size benchmark's
         # training diverged (non-finite losses after 400–800 steps); the diagonal one did not.
-        return {"z": LocalSite(jnp.ones(context.options.latent_dim), covariance="diagonal")}
+        sites = {"z": LocalSite(jnp.ones(context.options.latent_dim), covariance="diagonal")}
+        if context.options.fluctuation_fields:  # a particle's own block field (set_up sets the count)
+            sites["fluctuation"] = LocalSite(jnp.ones(context.options.fluctuation_fields), covariance="diagonal")
+        return sites
+
+    def global_sites(self, context) -> dict:
+        from atomicspi.inference import GlobalSite
+
+        return {"fluctuation_log_scale": GlobalSite(())} if context.options.fluctuation_fields else {}
 
     def set_up(self, config, dataset, context, *, key) -> ModelSetup:
         from atomicspi.models import Decoder
@@ -84,6 +110,9 @@ class Deformation(ModelFamily):
             basis = block_rigid_basis(beads, config.decoder_beads_per_block)
             blocks = BlockRigidMotion(beads, config.decoder_beads_per_block)
         decoder = Decoder(context.options.latent_dim, context.n_beads, key=key, basis=basis, rigid_blocks=blocks)
+        if basis is not None and context.options.particle_fluctuation_in_angstroms is not None:
+            options = dataclasses.replace(context.options, fluctuation_fields=int(basis.shape[0]))
+            context = dataclasses.replace(context, options=options)
         diagnostics = {}
         if not config.domains:  # no hinges given: start from the motions the images show
             decoder, context, diagnostics["linear_start"] = _linear_start(dataset, context, decoder)
@@ -132,15 +161,25 @@ class Deformation(ModelFamily):
     def positions(self, fitted: FittedModel, local: dict, global_: dict):
         import equinox as eqx
 
-        from atomicspi.models import deformation_positions
+        from atomicspi.models import deformation_positions, fluctuation_field, fluctuation_scale
 
         context = fitted.model_arguments["context"]
         initial = fitted.model_arguments["decoder"]  # the fitted decoder: learned weights, the initial module's structure
         decoder = eqx.combine(fitted.parameters["decoder$params"], eqx.partition(initial, eqx.is_inexact_array)[1])
-        decode = jax.jit(functools.partial(deformation_positions, context, decoder))
+        if "fluctuation" in local:
+            # each draw's own fluctuation, at the posterior median of its scale
+            scale = fluctuation_scale(context, decoder) * float(np.exp(np.median(np.asarray(global_["fluctuation_log_scale"]))))
+
+            def positions_of(z, standardised):
+                return deformation_positions(context, decoder, z) + fluctuation_field(context, decoder, scale * standardised)
+
+            decode = jax.jit(positions_of)
+        else:
+            decode = jax.jit(lambda z, _: deformation_positions(context, decoder, z))
 
         def of(particles):
-            samples = np.asarray(decode(jnp.asarray(local["z"][particles])))
+            standardised = local["fluctuation"][particles] if "fluctuation" in local else None
+            samples = np.asarray(decode(jnp.asarray(local["z"][particles]), standardised))
             return samples.mean(axis=1), samples
 
         return of

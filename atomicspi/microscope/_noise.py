@@ -14,8 +14,11 @@ spectrum: shell `n` holds the frequencies with `round(|k| · D · pixel_size) = 
 `round(√(i_x² + i_y²)) = n` in index units, and frequencies beyond the last shell use the last.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray
 
 
@@ -34,6 +37,21 @@ def radial_shell_indices(box_size: int) -> Int[Array, "box_size box_size//2+1"]:
     index_x = jnp.fft.rfftfreq(box_size) * box_size
     radius = jnp.sqrt(index_y[:, None] ** 2 + index_x[None, :] ** 2)
     return jnp.round(radius).astype(jnp.int32)
+
+
+def radial_shell_count(box_size: int) -> int:
+    """Number of radial shells on the `rfft2` grid of a `D × D` image, corners included
+    (`radial_shell_indices(D).max() + 1`, about `D / √2 + 1`).
+
+    **Arguments:**
+
+    - `box_size`: `D`.
+
+    **Returns:**
+
+    The shell count.
+    """
+    return round(math.hypot(box_size // 2, box_size // 2)) + 1
 
 
 def _half_plane_weights(box_size: int) -> Float[Array, " box_size//2+1"]:
@@ -118,6 +136,7 @@ def gaussian_log_likelihood_fourier(
     observed_fourier: Complex[Array, "box_size box_size//2+1"],
     predicted_fourier: Complex[Array, "box_size box_size//2+1"],
     power_spectrum: Float[Array, ""] | Float[Array, "box_size box_size//2+1"],
+    frequency_mask: Float[Array, "box_size box_size//2+1"] | None = None,
 ) -> Float[Array, ""]:
     """Exact Gaussian log-likelihood of an image from `rfft2` transforms.
 
@@ -128,6 +147,9 @@ def gaussian_log_likelihood_fourier(
         `scale_and_offset_fourier`).
     - `power_spectrum`: scalar `σ²` (white) or `P(k)` on the `rfft2` grid
         (`power_spectrum_on_grid`).
+    - `frequency_mask`: optional 0/1 weights on the `rfft2` grid, symmetric under `k → -k`: the
+        log-likelihood of the components it keeps only (independent under stationary noise, so this
+        is the exact density of the image filtered to them), e.g. `resolution_mask`.
 
     **Returns:**
 
@@ -139,7 +161,30 @@ def gaussian_log_likelihood_fourier(
     squared = residual.real**2 + residual.imag**2
     power = jnp.broadcast_to(jnp.asarray(power_spectrum), squared.shape)
     weights = _half_plane_weights(box_size)[None, :]
+    if frequency_mask is not None:
+        weights = weights * frequency_mask
     return -0.5 * jnp.sum(weights * (squared / (n_pixels * power) + jnp.log(2.0 * jnp.pi * power)))
+
+
+def resolution_mask(
+    box_size: int, pixel_size_in_angstroms: float, resolution_in_angstroms: float
+) -> Float[Array, "box_size box_size//2+1"]:
+    """1 on the `rfft2` entries of a `D × D` image with `|k| ≤ 1 / resolution`, 0 beyond.
+
+    **Arguments:**
+
+    - `box_size`: `D`.
+    - `pixel_size_in_angstroms`: pixel size.
+    - `resolution_in_angstroms`: the finest period kept.
+
+    **Returns:**
+
+    `(D, D // 2 + 1)` array of 0 and 1.
+    """
+    k_y = np.fft.fftfreq(box_size, pixel_size_in_angstroms)
+    k_x = np.fft.rfftfreq(box_size, pixel_size_in_angstroms)
+    kept = np.hypot(k_y[:, None], k_x[None, :]) <= 1.0 / resolution_in_angstroms
+    return jnp.asarray(kept, dtype=jnp.result_type(float))
 
 
 def scale_and_offset_fourier(
@@ -187,3 +232,38 @@ def circular_mask(
         return (radius <= radius_in_pixels).astype(jnp.result_type(float))
     fraction = jnp.clip((radius - radius_in_pixels) / soft_edge_in_pixels, 0.0, 1.0)
     return 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+
+
+def smoothed_power_spectrum(
+    power_spectrum: Float[Array, " n_shells"],
+    floor_fraction: float = 1e-3,
+) -> Float[Array, " n_shells"]:
+    """A radial noise power spectrum estimate smoothed across shells and floored.
+
+    Smoothing: each shell from 2 to the last but one has its logarithm averaged with its
+    neighbours' with weights 1/4, 1/2, 1/4 (unbiased where the log-spectrum is locally straight; a
+    curvature c of the log-spectrum per shell² biases it by c/4). Shell 0 (`k = 0`: the images'
+    offsets), shell 1 (8 frequencies, the steepest part of a falling spectrum) and the last (a
+    one-sided average would be biased by the slope) are left as they are. Floor: no shell below
+    `floor_fraction` × the median of shells 1 and beyond, so that noise-free frequencies (or images)
+    neither divide by zero nor dominate the likelihood; shells that are not finite take the floor.
+
+    **Arguments:**
+
+    - `power_spectrum`: `(n_shells,)` the raw estimate per shell (the module's normalisation).
+    - `floor_fraction`: the floor relative to the median shell.
+
+    **Returns:**
+
+    `(n_shells,)` power per shell, positive and finite when the median is positive (else the floor
+    is 0).
+    """
+    raw = jnp.asarray(power_spectrum)
+    floor = floor_fraction * jnp.median(jnp.where(jnp.isfinite(raw[1:]), raw[1:], 0.0))
+    raw = jnp.where(jnp.isfinite(raw), jnp.maximum(raw, floor), floor)
+    if raw.shape[0] > 3:
+        logarithm = jnp.log(jnp.maximum(raw, jnp.finfo(raw.dtype).tiny))
+        inner = 0.25 * logarithm[1:-2] + 0.5 * logarithm[2:-1] + 0.25 * logarithm[3:]
+        smoothed = jnp.concatenate([logarithm[:2], inner, logarithm[-1:]])
+        raw = jnp.where(raw > 0, jnp.exp(smoothed), raw)
+    return jnp.maximum(raw, floor)
