@@ -36,8 +36,8 @@ class CryojaxSimulatedParticles(SimulatedParticles):
     image (and the clean-image scale `noise_scale`: clean images were divided by it so that the
     noise has unit standard deviation)."""
 
-    contrast_factors: np.ndarray
-    noise_scale: float
+    contrast_factors: np.ndarray = dataclasses.field(kw_only=True)
+    noise_scale: float = dataclasses.field(kw_only=True)
 
 
 def render_particles_cryojax(
