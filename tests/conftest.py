@@ -71,3 +71,28 @@ def write_tiny_calpha_dataset(example_structure_path):
         return write_simulated_dataset(folder, closed, particles, config_overrides=config_overrides, **keywords)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def model_batch():
+    """A factory for the model tests' minibatch arguments: `model_batch(n, seed=0)` gives `n` uniform
+    random rotations, normal shifts (Å), astigmatic defoci spread over 0.9–1.5 µm and `indices` 0..n−1."""
+    import jax
+    import jax.numpy as jnp
+
+    from atomicspi.microscope import CTFParameters, sample_uniform_rotations
+
+    def make(n, seed=0):
+        key = jax.random.key(seed)
+        return {
+            "rotations": sample_uniform_rotations(key, n),
+            "shifts_in_angstroms": jax.random.normal(jax.random.fold_in(key, 1), (n, 2)),
+            "ctf": CTFParameters(
+                defocus_u_in_angstroms=jnp.linspace(9000.0, 15000.0, n),
+                defocus_v_in_angstroms=jnp.linspace(8800.0, 14000.0, n),
+                astigmatism_angle_in_degrees=jnp.linspace(0.0, 90.0, n),
+            ),
+            "indices": jnp.arange(n),
+        }
+
+    return make

@@ -20,14 +20,7 @@ from scipy import stats
 from atomicspi._pipeline import _estimate_noise_power_spectra, run_inference
 from atomicspi._simulation import simulate_particles, write_simulated_dataset
 from atomicspi.io import InputError, load_config, load_particles
-from atomicspi.microscope import (
-    CTFParameters,
-    make_image_model,
-    power_spectrum_on_grid,
-    radial_shell_count,
-    sample_uniform_rotations,
-    smoothed_power_spectrum,
-)
+from atomicspi.microscope import make_image_model, power_spectrum_on_grid, radial_shell_count, smoothed_power_spectrum
 from atomicspi.models import ModelOptions, StationaryGaussianImages, build_model_context, nma, nma_positions
 from atomicspi.structure import load_structure
 
@@ -58,20 +51,6 @@ def _context(structure, box_size, pixel_size, spectra=None, groups=None):
     return context
 
 
-def _batch(n, seed=0):
-    key = jax.random.key(seed)
-    return {
-        "rotations": sample_uniform_rotations(key, n),
-        "shifts_in_angstroms": jax.random.normal(jax.random.fold_in(key, 1), (n, 2)),
-        "ctf": CTFParameters(
-            defocus_u_in_angstroms=jnp.linspace(9000.0, 15000.0, n),
-            defocus_v_in_angstroms=jnp.linspace(8800.0, 14000.0, n),
-            astigmatism_angle_in_degrees=jnp.linspace(0.0, 90.0, n),
-        ),
-        "indices": jnp.arange(n),
-    }
-
-
 VALUES = {"spring_constant": 0.4, "noise_std": 0.9, "amplitudes": np.array([[1.0, -2.0, 0.5], [0.0, 1.5, -1.0]]), "contrast": np.array([1.2, 0.7])}
 
 
@@ -84,14 +63,14 @@ def _log_joint(context, images, batch):
     return float(value)
 
 
-def test_a_flat_spectrum_gives_the_white_noise_density(calpha):
+def test_a_flat_spectrum_gives_the_white_noise_density(calpha, model_batch):
     """The Fourier-space likelihood with P(k) = 1 (× noise_std²) is the per-pixel white one (Parseval),
     for the whole model's log density, to float32 rounding (sums of 2 × 16² terms: ~1e-6 relative)."""
     box = 16
     white = _context(calpha, box, 5.0)
     flat = _context(calpha, box, 5.0, spectra=np.ones((1, radial_shell_count(box))))
     images = np.random.default_rng(1).normal(size=(2, box, box))
-    batch = _batch(2)
+    batch = model_batch(2)
     assert _log_joint(flat, images, batch) == pytest.approx(_log_joint(white, images, batch), rel=1e-6)
 
 
@@ -107,13 +86,13 @@ def _stationary_covariance(spectrum: np.ndarray, box_size: int) -> np.ndarray:
     return np.sum(power.ravel() * np.cos(phase), axis=-1) / box_size**2
 
 
-def test_the_coloured_density_is_the_stationary_multivariate_normal_per_optics_group(calpha, x64):
+def test_the_coloured_density_is_the_stationary_multivariate_normal_per_optics_group(calpha, x64, model_batch):
     """The images' site of the `nma` model with two noise groups (particle 0 in group 1, particle 1
     in group 0) against scipy's multivariate normal in pixel space, mean contrast × the microscope's
     image, covariance noise_std² × the stationary covariance of each particle's group spectrum."""
     spectra = np.stack([falling_spectrum(BOX, 2.0), 0.3 + np.linspace(2.0, 0.5, radial_shell_count(BOX))])
     context = _context(calpha, BOX, PIXEL, spectra=spectra, groups=[1, 0, 0])
-    batch = _batch(2, seed=3)
+    batch = model_batch(2, seed=3)
     images = np.random.default_rng(2).normal(size=(2, BOX, BOX))
     values = {k: jnp.asarray(v) for k, v in VALUES.items()}
     seeded = handlers.seed(handlers.substitute(nma, data=values), rng_seed=0)

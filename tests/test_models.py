@@ -9,7 +9,7 @@ from numpyro.infer import Predictive
 from numpyro.infer.util import log_density
 from scipy import stats
 
-from atomicspi.microscope import CTFParameters, make_image_model, sample_uniform_rotations
+from atomicspi.microscope import make_image_model
 from atomicspi.models import ModelOptions, build_model_context, deformation, homogeneous, nma, nma_positions
 from atomicspi.structure import load_structure
 
@@ -25,20 +25,6 @@ def context(example_structure_path):
     return build_model_context(structure, image_model, n_modes=3, options=options)
 
 
-def _batch(n, seed=0):
-    key = jax.random.key(seed)
-    return {
-        "rotations": sample_uniform_rotations(key, n),
-        "shifts_in_angstroms": jax.random.normal(jax.random.fold_in(key, 1), (n, 2)),
-        "ctf": CTFParameters(
-            defocus_u_in_angstroms=jnp.linspace(9000.0, 15000.0, n),
-            defocus_v_in_angstroms=jnp.linspace(8800.0, 14000.0, n),
-            astigmatism_angle_in_degrees=jnp.linspace(0.0, 90.0, n),
-        ),
-        "indices": jnp.arange(n),
-    }
-
-
 def _clean_image(context, positions, batch, i):
     """The microscope called directly on particle i of a batch."""
     ctf_i = jax.tree_util.tree_map(lambda v: v[i] if jnp.ndim(v) else v, batch["ctf"])
@@ -47,9 +33,9 @@ def _clean_image(context, positions, batch, i):
     )
 
 
-def test_nma_log_joint_equals_scipy_term_by_term(context):
+def test_nma_log_joint_equals_scipy_term_by_term(context, model_batch):
     n_particles, batch_size = 10, 2
-    batch = _batch(batch_size)
+    batch = model_batch(batch_size)
     rng = np.random.default_rng(1)
     values = {
         "spring_constant": 0.4,
@@ -83,10 +69,10 @@ def test_nma_log_joint_equals_scipy_term_by_term(context):
     np.testing.assert_allclose(float(log_joint), expected, rtol=2e-5)
 
 
-def test_nma_forward_simulation_has_the_prior_statistics(context):
+def test_nma_forward_simulation_has_the_prior_statistics(context, model_batch):
     """Prior predictive amplitudes have variance kT/(γλ) given γ; images are signal plus white noise."""
     n = 1200
-    batch = _batch(2)
+    batch = model_batch(2)
     conditioned = handlers.condition(nma, {"spring_constant": 0.5, "noise_std": 0.3})
     draws = Predictive(conditioned, num_samples=n // 2)(
         jax.random.key(3), images=None, context=context, n_particles=2, **batch
@@ -102,13 +88,13 @@ def test_nma_forward_simulation_has_the_prior_statistics(context):
     assert stats.kstest(residual.ravel() / 0.3, "norm").pvalue > 1e-3
 
 
-def test_homogeneous_and_deformation_priors_are_the_elastic_energy(context):
+def test_homogeneous_and_deformation_priors_are_the_elastic_energy(context, model_batch):
     """homogeneous: a stretched structure costs exactly γ·E more than the reference (E computed by
     hand from the contact list). deformation: the factor `elastic_energy` is −γE(x(z))/kT − log Z
     with log Z the Laplace normaliser, all computed by hand."""
     from atomicspi.models import Decoder
 
-    batch = _batch(1)
+    batch = model_batch(1)
     common = dict(images=None, context=context, n_particles=1, **batch)
     n_beads = context.n_beads
     displacement = np.zeros((n_beads, 3))
@@ -237,7 +223,7 @@ def test_homogeneous_and_deformation_priors_are_the_elastic_energy(context):
     np.testing.assert_allclose(float(site["fn"].log_prob(site["value"])[0]), expected, rtol=1e-4)
 
 
-def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_structure_path):
+def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_structure_path, model_batch):
     from atomicspi.models import domain_positions, domains
 
     structure = load_structure(example_structure_path).calpha()
@@ -263,7 +249,7 @@ def test_domains_model_moves_domains_rigidly_and_costs_elastic_energy(example_st
     np.testing.assert_allclose(distances(moved[nmp]), distances(reference[nmp]), atol=1e-4)
     assert np.abs(moved[nmp] - reference[nmp]).max() > 3.0
 
-    batch = _batch(1)
+    batch = model_batch(1)
     common = dict(images=None, context=context, n_particles=1, **batch)
 
     def factor(**values):
@@ -335,11 +321,11 @@ def test_latent_normaliser_is_the_integral_of_the_boltzmann_factor(context):
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
-def test_deformation_factor_is_energy_minus_log_normaliser(context):
+def test_deformation_factor_is_energy_minus_log_normaliser(context, model_batch):
     """The model's `elastic_energy` factor for a particle at latent z equals −γE(x(z)) − log Z."""
     from atomicspi.models import latent_elastic_log_normaliser
 
-    batch = _batch(2)
+    batch = model_batch(2)
     common = dict(images=None, context=context, n_particles=2, **batch)
     n_beads = context.n_beads
     directions = np.random.default_rng(4).normal(size=(n_beads, 3, 2)) * 0.3
@@ -427,7 +413,7 @@ def test_rigid_block_decoder_keeps_blocks_and_their_atoms_rigid(example_structur
     np.testing.assert_allclose(np.asarray(atoms)[calpha_atoms], beads + np.asarray(displacements), atol=1e-3)
 
 
-def test_particle_fluctuations_move_the_rendered_atoms_by_their_block_field(context):
+def test_particle_fluctuations_move_the_rendered_atoms_by_their_block_field(context, model_batch):
     """With `particle_fluctuation_in_angstroms`, the image the deformation model predicts is that of
     the decoded atoms plus Σ_k τ₀ e^offset u_k basis_k at each atom's bead (computed here directly),
     the fluctuation sites have standard normal priors, and τ₀ gives the requested root-mean-square
@@ -447,7 +433,7 @@ def test_particle_fluctuations_move_the_rendered_atoms_by_their_block_field(cont
     coefficients = np.random.default_rng(0).normal(size=(4000, basis.shape[0])) * scale
     rms = np.sqrt(np.mean(np.einsum("nk,kbc->nbc", coefficients, basis) ** 2) * 3.0)
     assert abs(rms - 0.3) < 0.003
-    batch = _batch(2)
+    batch = model_batch(2)
     z = np.array([[0.5, -1.0], [2.0, 0.3]])
     u = np.random.default_rng(1).normal(size=(2, basis.shape[0]))
     offset = 0.4
