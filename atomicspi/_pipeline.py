@@ -116,8 +116,7 @@ def _estimate_noise_power_spectra(
     n_groups = max(len(dataset.optics_groups), int(groups.max()) + 1 if len(groups) else 1)
     box_size = dataset.box_size
     n_pixels, n_shells = box_size * box_size, radial_shell_count(box_size)
-    index = np.fft.fftfreq(box_size) * box_size  # the full frequency grid, its shells and their sizes
-    shells = np.minimum(np.round(np.hypot(index[:, None], index[None, :])).astype(np.int64), n_shells - 1).ravel()
+    shells = _full_grid_shells(box_size, n_shells).ravel()  # the full frequency grid's shells and their sizes
     shell_sizes = np.maximum(np.bincount(shells, minlength=n_shells), 1)
     image_shells = (np.arange(batch_size)[:, None] * n_shells + shells[None, :]).ravel()
 
@@ -165,11 +164,16 @@ def _estimate_noise_power_spectra(
     return spectra, groups, counts
 
 
+def _full_grid_shells(box_size: int, n_shells: int) -> np.ndarray:
+    """`(D, D)` shell index `round(|k|)` of every `fft2` frequency (in cycles per box), the last shell
+    holding everything beyond it (the full-grid twin of `atomicspi.microscope.radial_shell_indices`)."""
+    index = np.fft.fftfreq(box_size) * box_size
+    return np.minimum(np.round(np.hypot(index[:, None], index[None, :])).astype(np.int64), n_shells - 1)
+
+
 def _pixel_variance(spectrum: np.ndarray, box_size: int) -> float:
     """Noise variance per pixel of a radial power spectrum: its mean over the full `D × D` frequency grid."""
-    index = np.fft.fftfreq(box_size) * box_size
-    shells = np.minimum(np.round(np.hypot(index[:, None], index[None, :])).astype(int), len(spectrum) - 1)
-    return float(np.mean(np.asarray(spectrum)[shells]))
+    return float(np.mean(np.asarray(spectrum)[_full_grid_shells(box_size, len(spectrum))]))
 
 
 def _check_domains(config, structure) -> None:
