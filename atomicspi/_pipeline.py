@@ -298,15 +298,23 @@ def prepare(config) -> Prepared:
                 f"{config.particles}: field images: the images minus the reference projected at their poses leave no "
                 "noise, so the noise power spectrum cannot be estimated (noise: coloured; noiseless images cannot be fitted)"
             )
-    batch_size = min(config.batch_size, len(dataset))
-    if config.device_count is not None and (config.device_count > len(jax.local_devices()) or batch_size % config.device_count):
+    batch_size, processes, local_count = min(config.batch_size, len(dataset)), jax.process_count(), len(jax.local_devices())
+    yaml_name = config.yaml_path or "dataset.yaml"
+    if config.device_count is not None and (
+        config.device_count > local_count * processes or config.device_count % processes or batch_size % config.device_count
+    ):
+        in_processes = f" in each of {processes} processes" if processes > 1 else ""
+        of_processes = ", and the device count a multiple of the process count" if processes > 1 else ""
         raise InputError(
-            f"{config.yaml_path or 'dataset.yaml'}: field device_count: {config.device_count} devices for minibatches of {batch_size} "
-            f"({len(jax.local_devices())} local devices; the batch size must be a multiple of the device count)"
+            f"{yaml_name}: field device_count: {config.device_count} devices for minibatches of {batch_size} "
+            f"({local_count} local devices{in_processes}; the batch size must be a multiple of the device count{of_processes})"
         )
-    output = pathlib.Path(config.output)  # created only once every check above has passed
+    if batch_size % processes:
+        raise InputError(f"{yaml_name}: field batch_size: minibatches of {batch_size} cannot be split over {processes} processes")
+    output = pathlib.Path(config.output)  # created only once every check above has passed, by process 0 alone
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{output}: field output: cannot create the folder ({error.strerror or error})") from None
     return Prepared(dataset, structure, image_model, noise_std, contrast, output, noise_power_spectra)
@@ -357,38 +365,53 @@ def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
     return SetUp(family, with_ctf_parameters(family.model), guide, model_arguments, diagnostics)
 
 
-def _device_count(config, batch_size: int) -> int:
-    """Devices to split minibatches over: `device_count`, or by default the most local devices that
-    divide the batch evenly (all of them for the usual powers of two)."""
+def _mesh_devices(config, batch_size: int) -> list:
+    """Devices to split minibatches over, the same number from every process (`jax.distributed`):
+    `device_count` in all, or by default the most local devices per process whose total divides the
+    batch evenly (all of them for the usual powers of two). `prepare` has checked `device_count`."""
+    processes = jax.process_count()
     if config.device_count is not None:
-        return config.device_count
-    available = len(jax.local_devices())
-    return max(count for count in range(1, available + 1) if batch_size % count == 0)
+        per_process = config.device_count // processes
+    else:
+        available = len(jax.local_devices())
+        per_process = max(count for count in range(1, available + 1) if batch_size % (count * processes) == 0)
+    devices = jax.devices()
+    return [device for process in range(processes) for device in [d for d in devices if d.process_index == process][:per_process]]
 
 
 def train(config, prepared: Prepared, setup: SetUp, *, resume: bool, progress: bool):
-    """SVI on shuffled minibatches (`atomicspi.inference.fit`), checkpointed in the output folder.
+    """SVI on shuffled minibatches (`atomicspi.inference.fit`), checkpointed in the output folder;
+    with several processes (`jax.distributed`) over the devices of all of them, each process reading
+    its own rows of every minibatch and process 0 alone writing the checkpoints.
 
     **Returns:** the `FitResult`.
     """
-    from atomicspi.inference import fit, make_batch_mesh, make_epoch_minibatches, make_optimizer, make_svi
+    from atomicspi.inference import (
+        fit,
+        make_batch_mesh,
+        make_epoch_minibatches,
+        make_optimizer,
+        make_svi,
+        process_batch_rows,
+    )
 
     dataset = prepared.dataset
-    batches = make_epoch_minibatches(
+    batch_size = min(config.batch_size, len(dataset))
+    devices = _mesh_devices(config, batch_size)
+    mesh = make_batch_mesh(devices) if len(devices) > 1 else None
+    batches = make_epoch_minibatches(  # with several processes, each reads its own rows of every minibatch
         lambda indices: {k: v for k, v in flat_batch(dataset.batch(indices)).items() if k != "indices"},
-        len(dataset), min(config.batch_size, len(dataset)), config.seed,
+        len(dataset), batch_size, config.seed, rows=process_batch_rows(mesh, batch_size) if mesh is not None else slice(None),
     )
     optimizer = make_optimizer(
         config.learning_rate, config.per_particle_learning_rate,
         decay_steps=config.num_steps if config.learning_rate_schedule == "cosine" else None,
     )
     svi = make_svi(setup.model, with_ctf_parameters(setup.guide), optimizer, **setup.model_arguments)
-    devices = jax.local_devices()[: _device_count(config, min(config.batch_size, len(dataset)))]
-    mesh = make_batch_mesh(devices) if len(devices) > 1 else None
     return fit(
         svi, batches, config.num_steps, seed=config.seed,
         checkpoint_path=prepared.output / "checkpoint.npz", checkpoint_every=config.checkpoint_every,
-        resume=resume, mesh=mesh, configuration=_hashable_configuration(config), progress=progress,
+        resume=resume, mesh=mesh, configuration=_hashable_configuration(config), progress=progress and jax.process_index() == 0,
     )
 
 
@@ -493,7 +516,7 @@ def _run_record(config, prepared: Prepared, result, posterior: Posterior, diagno
     return {
         "config": dataclasses.asdict(config),
         "versions": {"atomicspi": __version__, "jax": jax.__version__, "python": platform.python_version()},
-        "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()]},
+        "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()},
         "n_particles": len(prepared.dataset),
         "box_size": prepared.dataset.box_size,
         "pixel_size_in_angstroms": prepared.dataset.pixel_size_in_angstroms,
@@ -551,6 +574,10 @@ def _timed(timings: dict, name: str):
 def run_inference(config, resume: bool = False, progress: bool = True) -> pathlib.Path:
     """Run the inference described by a validated `DatasetConfig` and write its output folder.
 
+    With several processes (`jax.distributed` initialised, every process calling `run_inference`
+    with the same config), they train together, then shut `jax.distributed` down; process 0 alone
+    draws the posterior and writes the output folder, the others return at once, writing nothing.
+
     **Returns:** the output folder, holding `topology.pdb`, `ensemble_mean.dcd`,
     `ensemble_samples.dcd`, `posterior.nc`, `run.json`, `elbo.png`, `fits.png`, the landscape
     products, and for a RELION input `particles.star` (its tables with posterior summaries).
@@ -564,6 +591,11 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         setup = set_up(config, prepared, family, key=key)
     with _timed(timings, "training_seconds"):
         result = train(config, prepared, setup, resume=resume, progress=progress)
+    if jax.process_count() > 1:  # the rest runs in process 0 alone, on its copy of the parameters
+        result = result._replace(parameters=jax.tree_util.tree_map(jnp.asarray, jax.device_get(result.parameters)))
+        jax.distributed.shutdown()
+        if jax.process_index() != 0:
+            return prepared.output
     with _timed(timings, "posterior_seconds"):
         posterior = draw(config, prepared, setup, result.parameters, key=key)
         outputs = write(config, prepared, posterior)

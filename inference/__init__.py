@@ -25,6 +25,7 @@ from ._posterior import latent_information as latent_information
 from ._posterior import relocated_modes as relocated_modes
 from ._progress import TrainingProgress as TrainingProgress
 from ._sharding import make_batch_mesh as make_batch_mesh
+from ._sharding import process_batch_rows as process_batch_rows
 from ._sharding import replicate as replicate
 from ._sharding import shard_batches as shard_batches
 from ._svi import NonFiniteTrainingError as NonFiniteTrainingError

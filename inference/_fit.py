@@ -1,5 +1,6 @@
 """The training loop: SVI steps on streamed minibatches, a progress bar, atomic checkpoints every N
-steps and on SIGINT/SIGTERM, resuming, and data parallelism over a device mesh."""
+steps and on SIGINT/SIGTERM, resuming, and data parallelism over a device mesh (of one process or
+of several, `jax.distributed`)."""
 
 import hashlib
 import json
@@ -57,6 +58,22 @@ def _stack(batch_list: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.stack([np.asarray(batch[name]) for batch in batch_list]) for name in batch_list[0]}
 
 
+def _check_processes_run_one_program(training_step: Any, state: TrainingState, batches: dict[str, jax.Array]) -> None:
+    """Raise on every process when the processes of a multi-process run traced different training
+    steps: multi-controller JAX pairs up their collectives blindly, so different programs give
+    wrong sums, not errors. Python's hash seed is the usual cause (numpyro's `Trace_ELBO` sums the
+    ELBO's terms in the order of a `set` of site names)."""
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256(training_step.lower(state, batches).as_text().encode()).digest()  # a `jax.jit` function
+    digests = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest, dtype=np.uint8)))
+    if not np.all(digests == digests[0]):
+        raise RuntimeError(
+            "the processes traced different training steps: start every process with the same PYTHONHASHSEED "
+            "(e.g. PYTHONHASHSEED=0), the same inputs and the same package versions"
+        )
+
+
 def fit(
     svi: SVI,
     batches: Callable[[int], Mapping[str, np.ndarray]],
@@ -83,10 +100,14 @@ def fit(
     - `svi`: from `make_svi`.
     - `batches`: `batches(step)` returns the minibatch of that step: a dict of arrays of leading
         length B (fixed), including `indices`; it must depend on the step (and fixed settings) alone,
-        e.g. `make_epoch_minibatches`. The next minibatches are read while the device computes.
+        e.g. `make_epoch_minibatches`. The next minibatches are read while the device computes. With
+        a mesh over several processes, each process's `batches` gives only its rows of the
+        minibatch (`process_batch_rows`) and B counts the rows of all processes.
     - `num_steps`: the step to stop at.
     - `seed`: the PRNG seed of the initialisation and of the Monte Carlo ELBO estimates.
     - `checkpoint_path`: the `.npz` checkpoint file (its directory is created); `None` for none.
+        With several processes only process 0 writes it, and every process reads it to resume (from
+        a filesystem they share).
     - `checkpoint_every`: write a checkpoint every this many steps (a multiple of `steps_per_call`),
         at the end, and when SIGINT or SIGTERM arrives (at the next step boundary, after which
         `TrainingInterrupted` is raised; its `exit_status` is 130 or 143).
@@ -96,13 +117,15 @@ def fit(
     - `max_consecutive_skipped_steps`: raise `NonFiniteTrainingError` when this many consecutive steps
         had a non-finite loss or gradient (each is skipped and counted in `state.skipped_steps`).
     - `mesh`: a device mesh with a `batch` axis (`make_batch_mesh`) for data parallelism: minibatches
-        are split over its devices, parameters replicated. `None` for the default device.
+        are split over its devices, parameters replicated; its devices may belong to several
+        processes (every process calls `fit` alike). `None` for the default device.
     - `configuration`: JSON-serialisable run settings whose hash is stored in the checkpoint.
     - `progress`: show a progress bar on stderr (ELBO, images/s, time left).
 
     **Returns:**
 
-    A `FitResult`.
+    A `FitResult` (with a mesh over several processes, its `state` and `parameters` are global
+    arrays replicated on every device: `jax.device_get` them for use in one process).
     """
     if steps_per_call < 1 or checkpoint_every < 1 or checkpoint_every % steps_per_call:
         raise ValueError(
@@ -111,6 +134,7 @@ def fit(
         )
     config_hash = configuration_hash(configuration)
     checkpoint_path = None if checkpoint_path is None else pathlib.Path(checkpoint_path)
+    writes_checkpoints = jax.process_index() == 0
 
     def place(stacked: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return shard_batches(stacked, mesh) if mesh is not None else jax.device_put(stacked)
@@ -121,7 +145,14 @@ def fit(
     if mesh is not None:
         state = replicate(state, mesh)
     elbo_history: list[float] = []
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
+    resuming = resume and checkpoint_path is not None and checkpoint_path.exists()
+    if resume and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.assert_equal(
+            np.int32(resuming), f"{checkpoint_path} exists for some processes only: it must be on a filesystem they share"
+        )
+    if resuming and checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path, state)
         for field, expected in (("seed", seed), ("config_hash", config_hash)):
             if checkpoint.metadata.get(field) != expected:
@@ -131,10 +162,12 @@ def fit(
                 )
         state = checkpoint.state
         elbo_history = [float(value) for value in checkpoint.elbo_history]
-    if checkpoint_path is not None:
+    if checkpoint_path is not None and writes_checkpoints:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
 
     def write_checkpoint(path: pathlib.Path, state: TrainingState) -> None:
+        if not writes_checkpoints:
+            return
         save_checkpoint(
             path,
             state,
@@ -154,11 +187,13 @@ def fit(
 
     training_step = make_training_step(svi)
     step = int(state.step)
-    batch_size = int(np.shape(first_batch["indices"])[0])
+    batch_size = int(np.shape(initial_batch["indices"])[0])  # of all processes
     bar = TrainingProgress(num_steps, step, batch_size, enabled=progress)
     try:
         with interrupt_on_signals() as interrupt:
             next_batches = read_call(step)
+            if mesh is not None and next_batches is not None and not next(iter(next_batches.values())).is_fully_addressable:
+                _check_processes_run_one_program(training_step, state, next_batches)
             while next_batches is not None:
                 state, output = training_step(state, next_batches)
                 count = int(np.shape(next(iter(next_batches.values())))[0])

@@ -39,6 +39,8 @@ def make_epoch_minibatches(
     n_particles: int,
     batch_size: int,
     seed: int,
+    *,
+    rows: slice = slice(None),
 ) -> Callable[[int], dict[str, np.ndarray]]:
     """A `batches(step) -> dict` function for `fit`, streaming epochs of shuffled minibatches.
 
@@ -47,6 +49,8 @@ def make_epoch_minibatches(
     - `read_particles`: reads the particles at the given (sorted) indices, e.g. from a memory-mapped
         stack and its CTF table: returns a dict of arrays with leading axis of length B.
     - `n_particles`, `batch_size`, `seed`: as in `epoch_minibatch_indices`.
+    - `rows`: the rows of each minibatch to read (keyword only); all of them by default, this
+        process's share in a run over several processes (`process_batch_rows`).
 
     **Returns:**
 
@@ -54,7 +58,7 @@ def make_epoch_minibatches(
     """
 
     def batches(step: int) -> dict[str, np.ndarray]:
-        indices = epoch_minibatch_indices(n_particles, batch_size, seed, step)
+        indices = epoch_minibatch_indices(n_particles, batch_size, seed, step)[rows]
         return {**read_particles(indices), "indices": indices}
 
     return batches

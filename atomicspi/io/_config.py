@@ -80,7 +80,9 @@ class DatasetConfig:
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
     - `device_count` (None = all local devices, or the most of them that divide `batch_size`):
-      devices the minibatches are split over (data parallelism; parameters replicated).
+      devices the minibatches are split over (data parallelism; parameters replicated). In a run
+      over several processes (`jax.distributed`, README), the devices of all processes, the same
+      number from each: a multiple of the process count.
     - `domains` (None; required by `model: domains`): rigid domains as lists of inclusive residue
       ranges, e.g. adenylate kinase `[[[1, 29], [60, 121], [160, 214]], [[30, 59]], [[122, 159]]]`
       (CORE, NMP, LID), or a number n ≥ 2: find n quasi-rigid domains from the elastic network's
