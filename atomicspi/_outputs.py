@@ -148,9 +148,12 @@ def write_ensemble(folder: pathlib.Path, structure, mean_positions, sample_posit
 UNITS = {"amplitudes": "Å", "shift_correction": "Å", "rotation_correction": "rad", "spring_constant": "kT/Å²"}
 
 
-def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict) -> None:
+def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict, pose_summary=None) -> None:
     """`posterior.nc`: ArviZ InferenceData; local variables have dims (chain, draw, particle, ...);
-    variables with physical units carry them in `attrs["units"]`."""
+    variables with physical units carry them in `attrs["units"]`. With a `PoseSummaries`
+    (`atomicspi.products.pose_summaries`), a `pose_summary` group holds per particle the mean
+    rotation (`rotation`, RELION's `A`, dims particle × row × column), `angular_spread_in_degrees`
+    (the radius holding 90 % of the draws), `shift_in_angstroms` and `shift_standard_deviation_in_angstroms`."""
     import arviz as az
 
     posterior = {}
@@ -168,6 +171,20 @@ def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict) -
     for name, unit in UNITS.items():
         if name in data.posterior:
             data.posterior[name].attrs["units"] = unit
+    if pose_summary is not None:
+        import xarray
+
+        data.add_groups(pose_summary=xarray.Dataset(
+            {
+                "rotation": (("particle", "row", "column"), pose_summary.rotations),
+                "angular_spread_in_degrees": (("particle",), pose_summary.angular_spread_in_degrees,
+                                              {"units": "degree", "level": pose_summary.level}),
+                "shift_in_angstroms": (("particle", "axis"), pose_summary.shifts_in_angstroms, {"units": "Å"}),
+                "shift_standard_deviation_in_angstroms": (("particle", "axis"), pose_summary.shift_standard_deviation_in_angstroms,
+                                                          {"units": "Å"}),
+            },
+            coords={"axis": ["x", "y"]},
+        ))
     temporary = path.with_suffix(".nc.tmp")
     data.to_netcdf(str(temporary), engine="h5netcdf")
     os.replace(temporary, path)

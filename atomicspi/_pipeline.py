@@ -30,6 +30,7 @@ _ctf_parameters, _ordered_batches = ctf_parameters, ordered_batches  # the names
 # are left out of the configuration hash, so that older checkpoints stay valid.
 _SETTINGS_ADDED_LATER = {
     "importance_proposals": None, "particle_fluctuation_in_angstroms": None, "noise": "white", "likelihood_resolution_in_angstroms": None,
+    "max_shift_in_angstroms": None, "search_resolution_in_angstroms": 6.0,
 }
 
 
@@ -223,6 +224,28 @@ def _refuse_noiseless_images(config, dataset) -> None:
     )
 
 
+_SEARCH_CHUNK = 256  # images read and searched at a time
+
+
+def _search_poses(config, dataset, image_model, structure, noise_std: float):
+    """`poses: search`: every particle's pose by `atomicspi.inference.search_poses` against the
+    reference, a chunk of images at a time; the `PoseSearchResult` in input order."""
+    from atomicspi.inference import PoseSearchResult, make_fourier_volume, search_poses
+
+    box_size, pixel = dataset.box_size, dataset.pixel_size_in_angstroms
+    max_frequency = max(1, min(int(box_size * pixel / config.search_resolution_in_angstroms), box_size // 2 - 1))
+    max_shift = config.max_shift_in_angstroms if config.max_shift_in_angstroms is not None else 0.1 * box_size * pixel
+    volume = make_fourier_volume(image_model, structure.positions_in_angstroms, max_frequency)
+    pieces = []
+    for start in range(0, len(dataset), _SEARCH_CHUNK):
+        batch = dataset.batch(np.arange(start, min(start + _SEARCH_CHUNK, len(dataset))))
+        pieces.append(search_poses(
+            volume, batch.images, ctf_parameters(batch.ctf), noise_std, max_shift_in_angstroms=max_shift,
+            initial_max_frequency=min(6, max_frequency),
+        ))
+    return PoseSearchResult(*(np.concatenate(arrays) for arrays in zip(*pieces)))
+
+
 class Prepared(NamedTuple):
     """A validated run's inputs: the particles, the reference, the image model, the noise and
     contrast estimated from the images, the (now existing) output folder, and with `noise:
@@ -235,6 +258,7 @@ class Prepared(NamedTuple):
     contrast: float
     output: pathlib.Path
     noise_power_spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # `noise: coloured`
+    pose_search: Any = None  # `poses: search`: the `PoseSearchResult` the dataset's poses came from
 
 
 class SetUp(NamedTuple):
@@ -271,8 +295,11 @@ def prepare(config) -> Prepared:
         dataset = dataset.subset(np.arange(min(config.n_particles, len(dataset))))
     if dataset.ctf is None:
         raise InputError(f"{config.particles}: field ctf: the particles have no CTF parameters (give ctf_file)")
-    if dataset.rotations is None:
-        raise InputError(f"{config.particles}: field rotations: `poses: {config.poses}` needs poses in the particle file")
+    if dataset.rotations is None and config.poses != "search":
+        raise InputError(
+            f"{config.particles}: field rotations: `poses: {config.poses}` needs poses in the particle file "
+            "(`poses: search` finds them)"
+        )
     structure = load_structure(config.reference)
     if isinstance(config.domains, tuple):
         _check_domains(config, structure)
@@ -283,6 +310,10 @@ def prepare(config) -> Prepared:
     noise_std = _estimate_noise_std(dataset)
     if not noise_std > 0:
         _refuse_noiseless_images(config, dataset)
+    pose_search = None
+    if config.poses == "search":
+        pose_search = _search_poses(config, dataset, image_model, structure, noise_std)
+        dataset = dataclasses.replace(dataset, rotations=pose_search.rotations, shifts_in_angstroms=pose_search.shifts_in_angstroms)
     contrast = _estimate_contrast(dataset, image_model, structure)
     if not contrast > 0:
         raise InputError(
@@ -317,7 +348,13 @@ def prepare(config) -> Prepared:
             output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{output}: field output: cannot create the folder ({error.strerror or error})") from None
-    return Prepared(dataset, structure, image_model, noise_std, contrast, output, noise_power_spectra)
+    return Prepared(dataset, structure, image_model, noise_std, contrast, output, noise_power_spectra, pose_search)
+
+
+# Widths of the pose-correction priors around searched poses: wide beside the likelihood's own
+# width (≈ 1-2° and 0.3 Å at 64², SNR 0.1), so that the search's use of the images is not counted
+# twice, and wide enough for its errors (median 2.5°, a few percent beyond 5°, tests/test_pose_search.py).
+_SEARCHED_ROTATION_PRIOR_IN_DEGREES, _SEARCHED_SHIFT_PRIOR_IN_ANGSTROMS = 5.0, 2.0
 
 
 def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
@@ -339,7 +376,9 @@ def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
     options = ModelOptions(
         contrast_guess=prepared.contrast,
         noise_std_guess=noise_std_guess,
-        refine_poses=config.poses == "infer",
+        refine_poses=config.poses in ("infer", "search"),
+        rotation_prior_in_degrees=_SEARCHED_ROTATION_PRIOR_IN_DEGREES if config.poses == "search" else 2.0,
+        shift_prior_in_angstroms=_SEARCHED_SHIFT_PRIOR_IN_ANGSTROMS if config.poses == "search" else 1.0,
         latent_dim=config.latent_dim,
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
         particle_fluctuation_in_angstroms=config.particle_fluctuation_in_angstroms if family.name == "deformation" else None,
@@ -477,7 +516,7 @@ def write(config, prepared: Prepared, posterior: Posterior) -> dict:
         for start in range(0, n_particles, chunk):
             means, samples = posterior.positions(np.arange(start, min(start + chunk, n_particles)))
             writer.append(means[:, atom_indices], samples[:, :, atom_indices])
-    write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_)
+    write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_, _pose_summaries(prepared, posterior))
     return {
         "output_atoms": plan.atom_selection,
         "n_output_atoms": len(atom_indices),
@@ -486,6 +525,34 @@ def write(config, prepared: Prepared, posterior: Posterior) -> dict:
         "note": plan.note,
         "posterior_ensemble": {"file": "posterior_ensemble.dcd", "particles": particles, "draws": draws},
     }
+
+
+_POSES_PER_CHUNK = 4096  # particles whose pose draws are summarised at a time
+
+
+def _pose_summaries(prepared: Prepared, posterior: Posterior):
+    """With pose refinement (`poses: infer` or `search`), the `PoseSummaries` of the particles'
+    pose draws (the refined corrections around the dataset's poses); None otherwise."""
+    from atomicspi.products import PoseSummaries, pose_draws, pose_summaries
+
+    local, dataset = posterior.local, prepared.dataset
+    if "rotation_correction" not in local:
+        return None
+    pieces = []
+    for start in range(0, len(dataset), _POSES_PER_CHUNK):
+        chosen = slice(start, min(start + _POSES_PER_CHUNK, len(dataset)))
+        rotations, shifts = pose_draws(
+            dataset.rotations[chosen], dataset.shifts_in_angstroms[chosen], local["rotation_correction"][chosen],
+            local["shift_correction"][chosen],
+        )
+        pieces.append(pose_summaries(rotations, shifts))
+    return PoseSummaries(
+        rotations=np.concatenate([piece.rotations for piece in pieces]),
+        angular_spread_in_degrees=np.concatenate([piece.angular_spread_in_degrees for piece in pieces]),
+        shifts_in_angstroms=np.concatenate([piece.shifts_in_angstroms for piece in pieces]),
+        shift_standard_deviation_in_angstroms=np.concatenate([piece.shift_standard_deviation_in_angstroms for piece in pieces]),
+        level=pieces[0].level,
+    )
 
 
 def _write_figures(config, prepared: Prepared, posterior: Posterior, elbo_history) -> None:
@@ -541,10 +608,27 @@ def write_particles_star(config, prepared: Prepared, posterior: Posterior) -> No
     draws (`atomicspiZ1`, `atomicspiZ1StandardDeviation`, ...); with a landscape, the coordinates'
     (`atomicspiCoordinate1`, ...) and the most probable state of `states.json` with its probability
     (`atomicspiState`, −1 for none; `atomicspiStateProbability`)."""
-    from atomicspi.io import write_star_with_columns
+    from atomicspi.io import write_relion_star, write_star_with_columns
 
+    poses = _pose_summaries(prepared, posterior)
     if pathlib.Path(config.particles).suffix != ".star":
+        if poses is not None:  # the poses found or refined, for RELION and cryoDRGN, beside the input's stacks
+            write_relion_star(prepared.output / "particles.star", dataclasses.replace(
+                prepared.dataset, rotations=poses.rotations, shifts_in_angstroms=poses.shifts_in_angstroms,
+            ))
         return
+    replaced: dict[str, np.ndarray] = {}
+    if poses is not None:
+        from atomicspi.conventions import matrix_to_euler_angles
+
+        angles = np.asarray(matrix_to_euler_angles(poses.rotations), dtype=np.float64)
+        replaced = {
+            "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1], "rlnAnglePsi": angles[:, 2],
+            "rlnOriginXAngst": -poses.shifts_in_angstroms[:, 0], "rlnOriginYAngst": -poses.shifts_in_angstroms[:, 1],
+            "atomicspiAngularSpread": poses.angular_spread_in_degrees,
+            "atomicspiOriginXAngstStandardDeviation": poses.shift_standard_deviation_in_angstroms[:, 0],
+            "atomicspiOriginYAngstStandardDeviation": poses.shift_standard_deviation_in_angstroms[:, 1],
+        }
     columns = {}
     for name, values in posterior.local.items():
         flat = np.asarray(values, dtype=np.float64).reshape(values.shape[0], values.shape[1], -1)
@@ -561,7 +645,10 @@ def write_particles_star(config, prepared: Prepared, posterior: Posterior) -> No
             probabilities = arrays["particle_state_probabilities"]
             columns["atomicspiState"] = state
             columns["atomicspiStateProbability"] = np.where(state >= 0, probabilities[np.arange(len(state)), np.maximum(state, 0)], 0.0)
-    write_star_with_columns(config.particles, prepared.output / "particles.star", columns, datadir=config.datadir)
+    write_star_with_columns(
+        config.particles, prepared.output / "particles.star", columns, datadir=config.datadir,
+        replaced=replaced, dropped=("rlnOriginX", "rlnOriginY") if poses is not None else (),
+    )
 
 
 @contextlib.contextmanager

@@ -19,6 +19,11 @@ from ._linear_start import principal_motions as principal_motions
 from ._minibatches import epoch_minibatch_indices as epoch_minibatch_indices
 from ._minibatches import make_epoch_minibatches as make_epoch_minibatches
 from ._optimizer import make_optimizer as make_optimizer
+from ._pose_search import FourierVolume as FourierVolume
+from ._pose_search import PoseSearchResult as PoseSearchResult
+from ._pose_search import make_fourier_volume as make_fourier_volume
+from ._pose_search import rotation_grid as rotation_grid
+from ._pose_search import search_poses as search_poses
 from ._posterior import draw_posterior as draw_posterior
 from ._posterior import importance_resampled_draws as importance_resampled_draws
 from ._posterior import latent_information as latent_information

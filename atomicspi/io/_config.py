@@ -10,7 +10,7 @@ import yaml
 from ._errors import InputError
 
 MODELS = ("nma", "deformation", "domains", "homogeneous")
-POSE_MODES = ("given", "infer")
+POSE_MODES = ("given", "infer", "search")
 COARSE_GRAININGS = ("calpha", "centroid")
 GUIDES = ("semi_amortized", "amortized")
 OUTPUT_ATOMS = ("auto", "heavy", "all", "calpha")
@@ -30,7 +30,11 @@ class DatasetConfig:
       needs `poses_file` when `poses: given`).
     - `reference`: the atomic structure (PDB, mmCIF, ...) in the frame of the poses.
     - `model`: one of `"nma"`, `"deformation"`, `"homogeneous"`.
-    - `poses`: `"given"` (use the poses in the particle file or `poses_file`) or `"infer"`.
+    - `poses`: `"given"` (use the poses in the particle file or `poses_file`), `"infer"` (refine
+      the given poses locally: each particle's rotation and shift corrections are latent
+      variables) or `"search"` (find every particle's pose by a global search against the
+      reference's projections, `atomicspi.inference.search_poses`, then refine it as `"infer"`
+      does; the particle file need not have angles or origins).
     - `output`: folder for results (its parent must exist; it is created when the run starts).
 
     **Optional keys (default):**
@@ -107,6 +111,10 @@ class DatasetConfig:
       smoothed and floored; the likelihood is then evaluated in Fourier space, and `noise_std` scales
       the spectrum (its shape is fixed, its level learned). Real micrographs' noise power falls with
       frequency, which white noise misweights.
+    - `max_shift_in_angstroms` (None = a tenth of the box): with `poses: search`, the largest
+      particle-centre offset from the box centre searched, in x and in y.
+    - `search_resolution_in_angstroms` (6.0): with `poses: search`, the finest resolution the
+      search compares images at (at most Nyquist).
     """
 
     particles: pathlib.Path
@@ -143,6 +151,8 @@ class DatasetConfig:
     particle_fluctuation_in_angstroms: float | None = None
     likelihood_resolution_in_angstroms: float | None = None
     noise: str = "white"
+    max_shift_in_angstroms: float | None = None
+    search_resolution_in_angstroms: float = 6.0
     # Not a yaml key: the file this configuration was read from, for error messages about its fields.
     yaml_path: pathlib.Path | None = dataclasses.field(default=None, compare=False)
 
@@ -152,7 +162,7 @@ _REQUIRED = ("particles", "reference", "model", "poses", "output")
 _PATHS = ("particles", "reference", "output", "poses_file", "ctf_file", "datadir")
 _POSITIVE_INTEGERS = ("batch_size", "num_steps", "n_modes", "latent_dim", "samples_per_particle", "checkpoint_every", "n_particles", "device_count", "importance_proposals", "ensemble_size")
 _POSITIVE_FLOATS = ("learning_rate", "per_particle_learning_rate", "cutoff_in_angstroms", "spring_yield_in_angstroms", "output_budget_in_gigabytes", "particle_fluctuation_in_angstroms",
-                    "likelihood_resolution_in_angstroms")
+                    "likelihood_resolution_in_angstroms", "max_shift_in_angstroms", "search_resolution_in_angstroms")
 _SEED_LIMIT = 2**32  # seeds are 32-bit: 0 <= seed < 2**32
 
 

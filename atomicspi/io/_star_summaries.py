@@ -22,6 +22,9 @@ def write_star_with_columns(
     destination: str | os.PathLike,
     columns: dict[str, np.ndarray],
     datadir: str | os.PathLike | None = None,
+    *,
+    replaced: dict[str, np.ndarray] | None = None,
+    dropped: tuple[str, ...] = (),
 ) -> None:
     """Copy the RELION star file `source` to `destination` with `columns` added to its particle table.
 
@@ -34,11 +37,15 @@ def write_star_with_columns(
     - `source`: the input `.star` file; `datadir`: the folder its image paths were resolved against.
     - `destination`: the file to write.
     - `columns`: label (without the leading `_`) → `(n_rows,)` values, one per particle in input order.
+    - `replaced`: like `columns`, but overwriting the input's column of that label where it has one
+      (inferred poses: `rlnAngleRot`, `rlnOriginXAngst`, ...).
+    - `dropped`: labels of input columns to leave out (e.g. origins in pixels beside new ones in Å).
     """
     source, destination = pathlib.Path(source), pathlib.Path(destination)
     blocks = _read_blocks(source)
     name, table = _particle_block(blocks, source)
-    n_rows = {len(values) for values in columns.values()}
+    replaced = dict(replaced or {})
+    n_rows = {len(values) for values in [*columns.values(), *replaced.values()]}
     if len(n_rows) > 1:
         raise ValueError(f"columns of different lengths {sorted(n_rows)}")
     n_rows_value = n_rows.pop() if n_rows else len(table)
@@ -52,7 +59,8 @@ def write_star_with_columns(
         if label in table.columns:
             raise ValueError(f"column {label} is already in {source}")
     # all columns at once: one insert per column fragments the frame (a PerformanceWarning per column)
-    added = pandas.DataFrame({label: np.asarray(values) for label, values in columns.items()}, index=table.index)
+    table = table.drop(columns=[label for label in (*dropped, *replaced) if label in table.columns])
+    added = pandas.DataFrame({label: np.asarray(values) for label, values in {**replaced, **columns}.items()}, index=table.index)
     table = pandas.concat([table, added], axis=1)
     blocks[name] = table
     temporary = destination.with_name(destination.name + ".tmp")

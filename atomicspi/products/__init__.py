@@ -27,6 +27,10 @@ from ._grid import CollectiveVariableGrid as CollectiveVariableGrid
 from ._grid import make_grid as make_grid
 from ._markov_state_model import markov_state_model as markov_state_model
 from ._plot import plot_landscape as plot_landscape
+from ._poses import PoseSummaries as PoseSummaries
+from ._poses import mean_rotations as mean_rotations
+from ._poses import pose_draws as pose_draws
+from ._poses import pose_summaries as pose_summaries
 from ._representatives import representative_particles as representative_particles
 from ._run_collective_variables import RunCollectiveVariables as RunCollectiveVariables
 from ._run_collective_variables import default_collective_variable as default_collective_variable
