@@ -259,6 +259,7 @@ class Prepared(NamedTuple):
     output: pathlib.Path
     noise_power_spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # `noise: coloured`
     pose_search: Any = None  # `poses: search`: the `PoseSearchResult` the dataset's poses came from
+    pose_search_seconds: float = 0.0
 
 
 class SetUp(NamedTuple):
@@ -310,9 +311,11 @@ def prepare(config) -> Prepared:
     noise_std = _estimate_noise_std(dataset)
     if not noise_std > 0:
         _refuse_noiseless_images(config, dataset)
-    pose_search = None
+    pose_search, search_seconds = None, 0.0
     if config.poses == "search":
+        started = time.perf_counter()
         pose_search = _search_poses(config, dataset, image_model, structure, noise_std)
+        search_seconds = time.perf_counter() - started
         dataset = dataclasses.replace(dataset, rotations=pose_search.rotations, shifts_in_angstroms=pose_search.shifts_in_angstroms)
     contrast = _estimate_contrast(dataset, image_model, structure)
     if not contrast > 0:
@@ -348,7 +351,7 @@ def prepare(config) -> Prepared:
             output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{output}: field output: cannot create the folder ({error.strerror or error})") from None
-    return Prepared(dataset, structure, image_model, noise_std, contrast, output, noise_power_spectra, pose_search)
+    return Prepared(dataset, structure, image_model, noise_std, contrast, output, noise_power_spectra, pose_search, search_seconds)
 
 
 # Widths of the pose-correction priors around searched poses: wide beside the likelihood's own
@@ -555,6 +558,20 @@ def _pose_summaries(prepared: Prepared, posterior: Posterior):
     )
 
 
+def _write_pose_search(prepared: Prepared) -> dict:
+    """`pose_search.npz`: the search's result before refinement (`PoseSearchResult`'s arrays, input
+    order); returns its summary for `run.json`."""
+    result = prepared.pose_search
+    np.savez(prepared.output / "pose_search.npz", **result._asdict())
+    spread = np.degrees(np.linalg.norm(result.rotation_spread_in_radians, axis=1))
+    return {
+        "file": "pose_search.npz", "seconds": prepared.pose_search_seconds,
+        "median_gain": float(np.median(result.gain)),
+        "median_best_hypothesis_weight": float(np.median(np.exp(result.hypothesis_log_weights[:, 0]))),
+        "median_local_spread_in_degrees": float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else None,
+    }
+
+
 def _write_figures(config, prepared: Prepared, posterior: Posterior, elbo_history) -> None:
     """`elbo.png`, and `fits.png`: the first particles beside their posterior-mean images."""
     from atomicspi._outputs import plot_elbo, plot_fits
@@ -688,6 +705,9 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         outputs = write(config, prepared, posterior)
     _write_figures(config, prepared, posterior, result.elbo_history)
     record = _run_record(config, prepared, result, posterior, {**setup.diagnostics, **posterior.diagnostics, "outputs": outputs}, timings)
+    if prepared.pose_search is not None:
+        record["pose_search"] = _write_pose_search(prepared)
+        timings["pose_search_seconds"] = prepared.pose_search_seconds
     write_run_record(prepared.output / "run.json", record)
     if family.landscape_coordinate is not None:
         from atomicspi.products import run_products

@@ -175,7 +175,8 @@ class PoseSearchResult(NamedTuple):
     - `rotations`: `(B, 3, 3)` the best rotation (RELION's `A`); `shifts_in_angstroms`: `(B, 2)`.
     - `hypothesis_rotations`: `(B, H, 3, 3)`, `hypothesis_shifts_in_angstroms`: `(B, H, 2)`,
       `hypothesis_log_weights`: `(B, H)` normalised log posterior weights (softmax of the gains),
-      best first.
+      best first; a hypothesis that refinement brought to within a few final steps of a better one
+      has weight 0 (log −inf).
     - `rotation_spread_in_radians`: `(B, 3)` the local standard deviation of the rotation vector
       at the best hypothesis along each axis (from the score's curvature; `inf` where it is flat).
     - `shift_spread_in_angstroms`: `(B, 2)` the same for the shift.
@@ -297,6 +298,7 @@ def search_poses(
         )
         if last:
             break
+    gains = jnp.where(_duplicates(rotations, shifts, 4.0 * step, 4.0 * shift_step), -jnp.inf, gains)
     log_weights = gains - jax.scipy.special.logsumexp(gains, axis=1, keepdims=True)
     rotation_spread, shift_spread = spreads
     return PoseSearchResult(
@@ -305,6 +307,18 @@ def search_poses(
         hypothesis_log_weights=np.asarray(log_weights), rotation_spread_in_radians=np.asarray(rotation_spread),
         shift_spread_in_angstroms=np.asarray(shift_spread), contrast=np.asarray(contrast), gain=np.asarray(gains[:, 0]),
     )
+
+
+def _duplicates(rotations, shifts, angle_in_radians, distance_in_angstroms):
+    """`(B, H)`: hypotheses within `angle` and `distance` of a better one (lower index) of the same
+    image, which refinement brought to the same pose: left out of the posterior weights."""
+    from atomicspi.microscope import geodesic_distance_in_degrees
+
+    angles = jnp.deg2rad(geodesic_distance_in_degrees(rotations[:, :, None], rotations[:, None, :]))  # (B, H, H)
+    distances = jnp.linalg.norm(shifts[:, :, None] - shifts[:, None, :], axis=-1)
+    near = (angles < angle_in_radians) & (distances < distance_in_angstroms)
+    earlier = jnp.tril(jnp.ones(near.shape[1:], dtype=bool), k=-1)  # [j, i]: i < j
+    return jnp.any(near & earlier, axis=2)
 
 
 def _curvature_spread(values, step):
