@@ -620,20 +620,18 @@ def _camel(name: str) -> str:
 
 
 def write_particles_star(config, prepared: Prepared, posterior: Posterior) -> None:
-    """`particles.star`: for a RELION input, its tables with each particle's posterior summaries as
-    extra columns, in input order: per local site, entry k's mean and standard deviation over the
-    draws (`atomicspiZ1`, `atomicspiZ1StandardDeviation`, ...); with a landscape, the coordinates'
-    (`atomicspiCoordinate1`, ...) and the most probable state of `states.json` with its probability
-    (`atomicspiState`, −1 for none; `atomicspiStateProbability`)."""
+    """`particles.star`, in input order, with each particle's posterior summaries as extra columns:
+    per local site, entry k's mean and standard deviation over the draws (`atomicspiZ1`,
+    `atomicspiZ1StandardDeviation`, ...); with a landscape, the coordinates' (`atomicspiCoordinate1`,
+    ...) and the most probable state of `states.json` with its probability (`atomicspiState`, −1 for
+    none; `atomicspiStateProbability`); with `poses: infer` or `search`, the posterior mean poses as
+    `rlnAngleRot/Tilt/Psi` and `rlnOriginX/YAngst` (replacing the input's) with
+    `atomicspiAngularSpread` (degrees, 90 %) and the origins' standard deviations. For a RELION input
+    it holds the input's tables (columns and order kept); for a cryoSPARC `.cs` or a bare stack, a
+    RELION 3.1 file written afresh from the dataset, referring to the input's stacks."""
     from atomicspi.io import write_relion_star, write_star_with_columns
 
     poses = _pose_summaries(prepared, posterior)
-    if pathlib.Path(config.particles).suffix != ".star":
-        if poses is not None:  # the poses found or refined, for RELION and cryoDRGN, beside the input's stacks
-            write_relion_star(prepared.output / "particles.star", dataclasses.replace(
-                prepared.dataset, rotations=poses.rotations, shifts_in_angstroms=poses.shifts_in_angstroms,
-            ))
-        return
     replaced: dict[str, np.ndarray] = {}
     if poses is not None:
         from atomicspi.conventions import matrix_to_euler_angles
@@ -662,8 +660,16 @@ def write_particles_star(config, prepared: Prepared, posterior: Posterior) -> No
             probabilities = arrays["particle_state_probabilities"]
             columns["atomicspiState"] = state
             columns["atomicspiStateProbability"] = np.where(state >= 0, probabilities[np.arange(len(state)), np.maximum(state, 0)], 0.0)
+    path = prepared.output / "particles.star"
+    if pathlib.Path(config.particles).suffix != ".star":
+        dataset = prepared.dataset
+        if poses is not None:
+            dataset = dataclasses.replace(dataset, rotations=poses.rotations, shifts_in_angstroms=poses.shifts_in_angstroms)
+        extra = {label: values for label, values in {**replaced, **columns}.items() if label.startswith("atomicspi")}
+        write_relion_star(path, dataclasses.replace(dataset, extra_columns={**dataset.extra_columns, **extra}))
+        return
     write_star_with_columns(
-        config.particles, prepared.output / "particles.star", columns, datadir=config.datadir,
+        config.particles, path, columns, datadir=config.datadir,
         replaced=replaced, dropped=("rlnOriginX", "rlnOriginY") if poses is not None else (),
     )
 

@@ -65,11 +65,14 @@ def evaluate(output: pathlib.Path, folder: pathlib.Path) -> dict:
     from atomicspi.io import load_particles
 
     with np.load(folder / "truth.npz") as stored:
-        truth = {name: stored[name] for name in ("rotations", "shifts_in_angstroms")}
+        truth = {name: stored[name] for name in ("rotations", "shifts_in_angstroms", "state")}
     with np.load(output / "pose_search.npz") as stored:
-        searched, _ = _pose_errors(stored["rotations"], stored["shifts_in_angstroms"], truth)
+        searched, searched_angles = _pose_errors(stored["rotations"], stored["shifts_in_angstroms"], truth)
     back = load_particles(output / "particles.star")
     refined, angles = _pose_errors(back.rotations, back.shifts_in_angstroms, truth)
+    for name, errors, scores in (("search", searched_angles, searched), ("refined", angles, refined)):
+        for state in (0, 1):  # the major (near closed, the reference) and the minor (near open) state
+            scores[f"median_angle_error_in_degrees_state_{state}"] = float(np.median(errors[truth["state"] == state]))
     spread = load_posterior(output).pose_summary.angular_spread_in_degrees.values
     refined["coverage_of_90_percent_angular_spread"] = float(np.mean(angles <= spread))
     refined["median_angular_spread_in_degrees"] = float(np.median(spread))
