@@ -70,7 +70,7 @@ def evaluate(output: pathlib.Path, folder: pathlib.Path) -> dict:
         searched, searched_angles = _pose_errors(stored["rotations"], stored["shifts_in_angstroms"], truth)
     back = load_particles(output / "particles.star")
     refined, angles = _pose_errors(back.rotations, back.shifts_in_angstroms, truth)
-    for name, errors, scores in (("search", searched_angles, searched), ("refined", angles, refined)):
+    for errors, scores in ((searched_angles, searched), (angles, refined)):
         for state in (0, 1):  # the major (near closed, the reference) and the minor (near open) state
             scores[f"median_angle_error_in_degrees_state_{state}"] = float(np.median(errors[truth["state"] == state]))
     spread = load_posterior(output).pose_summary.angular_spread_in_degrees.values
