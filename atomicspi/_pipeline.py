@@ -274,12 +274,14 @@ class SetUp(NamedTuple):
 
 class Posterior(NamedTuple):
     """Per-particle draws (input order), global draws, the family's function from particle indices
-    to atom positions (`ModelFamily.positions`), and diagnostics."""
+    to atom positions (`ModelFamily.positions`), diagnostics, and with pose refinement the
+    particles' `PoseSummaries` (`_pose_summaries`)."""
 
     local: dict[str, np.ndarray]
     global_: dict[str, np.ndarray]
     positions: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     diagnostics: dict[str, Any]
+    poses: Any = None
 
 
 def prepare(config) -> Prepared:
@@ -376,12 +378,15 @@ def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
             power_spectra=spectra.tolist(), residual_images_per_group=counts.tolist(),
             pixel_noise_std_per_group=np.sqrt(variances).tolist(), noise_std_guess=noise_std_guess,
         )
+    searched_priors: dict[str, Any] = {}
+    if config.poses == "search":
+        searched_priors = {"rotation_prior_in_degrees": _SEARCHED_ROTATION_PRIOR_IN_DEGREES,
+                           "shift_prior_in_angstroms": _SEARCHED_SHIFT_PRIOR_IN_ANGSTROMS}
     options = ModelOptions(
         contrast_guess=prepared.contrast,
         noise_std_guess=noise_std_guess,
         refine_poses=config.poses in ("infer", "search"),
-        rotation_prior_in_degrees=_SEARCHED_ROTATION_PRIOR_IN_DEGREES if config.poses == "search" else 2.0,
-        shift_prior_in_angstroms=_SEARCHED_SHIFT_PRIOR_IN_ANGSTROMS if config.poses == "search" else 1.0,
+        **searched_priors,
         latent_dim=config.latent_dim,
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
         particle_fluctuation_in_angstroms=config.particle_fluctuation_in_angstroms if family.name == "deformation" else None,
@@ -486,7 +491,9 @@ def draw(config, prepared: Prepared, setup: SetUp, parameters: dict, *, key) -> 
                 "warning: posterior collapse: no latent dimension varies between particles (run.json: "
                 "latent_information); the images did not inform the conformations", file=sys.stderr,
             )
-    return Posterior(local, global_, setup.family.positions(fitted, local, global_), diagnostics)
+    return Posterior(
+        local, global_, setup.family.positions(fitted, local, global_), diagnostics, _pose_summaries(dataset, local)
+    )
 
 
 _STRUCTURES_PER_CHUNK = 2048  # structures decoded and written at a time (82 MB for all-atom AdK)
@@ -519,7 +526,7 @@ def write(config, prepared: Prepared, posterior: Posterior) -> dict:
         for start in range(0, n_particles, chunk):
             means, samples = posterior.positions(np.arange(start, min(start + chunk, n_particles)))
             writer.append(means[:, atom_indices], samples[:, :, atom_indices])
-    write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_, _pose_summaries(prepared, posterior))
+    write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_, posterior.poses)
     return {
         "output_atoms": plan.atom_selection,
         "n_output_atoms": len(atom_indices),
@@ -533,12 +540,11 @@ def write(config, prepared: Prepared, posterior: Posterior) -> dict:
 _POSES_PER_CHUNK = 4096  # particles whose pose draws are summarised at a time
 
 
-def _pose_summaries(prepared: Prepared, posterior: Posterior):
+def _pose_summaries(dataset, local: dict[str, np.ndarray]):
     """With pose refinement (`poses: infer` or `search`), the `PoseSummaries` of the particles'
-    pose draws (the refined corrections around the dataset's poses); None otherwise."""
+    pose draws (the refined corrections `local` around the dataset's poses); None otherwise."""
     from atomicspi.products import PoseSummaries, pose_draws, pose_summaries
 
-    local, dataset = posterior.local, prepared.dataset
     if "rotation_correction" not in local:
         return None
     pieces = []
@@ -631,7 +637,7 @@ def write_particles_star(config, prepared: Prepared, posterior: Posterior) -> No
     RELION 3.1 file written afresh from the dataset, referring to the input's stacks."""
     from atomicspi.io import write_relion_star, write_star_with_columns
 
-    poses = _pose_summaries(prepared, posterior)
+    poses = posterior.poses
     replaced: dict[str, np.ndarray] = {}
     if poses is not None:
         from atomicspi.conventions import matrix_to_euler_angles
@@ -710,10 +716,11 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
         posterior = draw(config, prepared, setup, result.parameters, key=key)
         outputs = write(config, prepared, posterior)
     _write_figures(config, prepared, posterior, result.elbo_history)
+    if prepared.pose_search is not None:
+        timings["pose_search_seconds"] = prepared.pose_search_seconds
     record = _run_record(config, prepared, result, posterior, {**setup.diagnostics, **posterior.diagnostics, "outputs": outputs}, timings)
     if prepared.pose_search is not None:
         record["pose_search"] = _write_pose_search(prepared)
-        timings["pose_search_seconds"] = prepared.pose_search_seconds
     write_run_record(prepared.output / "run.json", record)
     if family.landscape_coordinate is not None:
         from atomicspi.products import run_products

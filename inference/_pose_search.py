@@ -31,7 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, Int
 
-from atomicspi.microscope import CTFParameters, ImageModel, axis_angle_to_matrix, compute_ctf, euler_angles_to_matrix
+from atomicspi.microscope import (
+    CTFParameters,
+    ImageModel,
+    axis_angle_to_matrix,
+    compute_ctf,
+    ctf_batch_axes,
+    euler_angles_to_matrix,
+    form_factor_basis,
+    geodesic_distance_in_degrees,
+)
 
 __all__ = ["FourierVolume", "PoseSearchResult", "make_fourier_volume", "rotation_grid", "search_poses"]
 
@@ -108,8 +117,6 @@ def make_fourier_volume(
 
     A `FourierVolume`.
     """
-    from atomicspi.microscope._fourier_projection import form_factor_basis
-
     d, pixel = image_model.box_size, image_model.pixel_size_in_angstroms
     if not 0 < max_frequency < d // 2:
         raise ValueError(f"max_frequency {max_frequency} is not between 0 and {d // 2} (Nyquist) for {d}² images")
@@ -195,15 +202,29 @@ class PoseSearchResult(NamedTuple):
     gain: np.ndarray
 
 
-def _band_data(images_fourier, ctf, band, box_size, pixel_size):
-    """The images' band entries `(B, M)` and their CTF `(B, M)`."""
-    rows = np.mod(band[:, 1], box_size)
-    data = images_fourier[:, rows, band[:, 0]]
-    frequencies = jnp.asarray(band, dtype=jnp.float32) / (box_size * pixel_size)  # (k_x, k_y)
-    count = data.shape[0]
-    axes = jax.tree_util.tree_map(lambda v: 0 if jnp.ndim(v) >= 1 and jnp.shape(v)[0] == count else None, ctf)
+class _Band(NamedTuple):
+    """The `half_plane_band` of a stage: its entries `(M, 2)` and weights `(M,)`, their frequencies
+    `(k_x, k_y)` in 1/Å `(M, 2)`, and the images' entries there `(B, M)` with their CTF `(B, M)`."""
+
+    band: Int[Array, "n_points 2"]
+    weights: Float[Array, " n_points"]
+    frequencies: Float[Array, "n_points 2"]
+    data: Complex[Array, "batch n_points"]
+    ctf_values: Float[Array, "batch n_points"]
+
+
+def _band(max_frequency, images_fourier, ctf, box_size, pixel_size) -> _Band:
+    band, weights = half_plane_band(max_frequency)
+    data = images_fourier[:, np.mod(band[:, 1], box_size), band[:, 0]]
+    frequencies = jnp.asarray(band, dtype=jnp.float32) / (box_size * pixel_size)
+    axes = ctf_batch_axes(ctf, data.shape[0])
     ctf_values = jax.vmap(lambda parameters: compute_ctf(frequencies, parameters), in_axes=(axes,))(ctf)
-    return data, ctf_values
+    return _Band(jnp.asarray(band), jnp.asarray(weights, dtype=jnp.float32), frequencies, data, ctf_values)
+
+
+def _shift_grid(axis: np.ndarray) -> Float[Array, "n 2"]:
+    """`(x, y)` shifts on the square grid `axis × axis`, row-major in `(y, x)`."""
+    return jnp.asarray(np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1).reshape(-1, 2), dtype=jnp.float32)
 
 
 def _gains(slices, data, ctf_values, weights, shifts, frequencies, noise_variance):
@@ -263,19 +284,14 @@ def search_poses(
     max_frequency = min(initial_max_frequency, volume.max_frequency)
     shift_step = 0.25 * d * pixel / max_frequency  # a quarter of the band's resolution
     count = int(math.floor(max_shift_in_angstroms / shift_step))
-    axis = np.arange(-count, count + 1) * shift_step
-    shift_grid = jnp.asarray(np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1).reshape(-1, 2), dtype=jnp.float32)
-
-    band, weights = half_plane_band(max_frequency)
-    data, ctf_values = _band_data(images_fourier, ctf, band, d, pixel)
-    frequencies = jnp.asarray(band, dtype=jnp.float32) / (d * pixel)
-    band_j, weights_j = jnp.asarray(band), jnp.asarray(weights, dtype=jnp.float32)
-    slices = jax.jit(jax.vmap(lambda rotation: volume.slice(rotation, band_j)))(grid)  # (R, M)
+    shift_grid = _shift_grid(np.arange(-count, count + 1) * shift_step)
+    band = _band(max_frequency, images_fourier, ctf, d, pixel)
+    slices = jax.jit(jax.vmap(lambda rotation: volume.slice(rotation, band.band)))(grid)  # (R, M)
 
     @jax.jit
     def global_stage(data, ctf_values):
         def one(image_data, image_ctf):
-            gain, _ = _gains(slices, image_data, image_ctf, weights_j, shift_grid, frequencies, noise_variance)
+            gain, _ = _gains(slices, image_data, image_ctf, band.weights, shift_grid, band.frequencies, noise_variance)
             best_shift = jnp.argmax(gain, axis=1)
             best = jnp.take_along_axis(gain, best_shift[:, None], axis=1)[:, 0]
             top, chosen = jax.lax.top_k(best, n_hypotheses)
@@ -283,7 +299,7 @@ def search_poses(
 
         return jax.lax.map(lambda pair: one(*pair), (data, ctf_values), batch_size=chunk_size)
 
-    chosen, shifts, gains = global_stage(data, ctf_values)
+    chosen, shifts, gains = global_stage(band.data, band.ctf_values)
     rotations = grid[chosen]  # (B, H, 3, 3)
 
     hypotheses = n_hypotheses
@@ -294,7 +310,7 @@ def search_poses(
         last = math.degrees(step) <= final_step_in_degrees
         rotations, shifts, gains, spreads, contrast = _refine(
             volume, images_fourier, ctf, rotations, shifts, max_frequency, step, shift_step, hypotheses, noise_variance,
-            chunk_size, with_spread=last,
+            chunk_size,
         )
         if last:
             break
@@ -312,8 +328,6 @@ def search_poses(
 def _duplicates(rotations, shifts, angle_in_radians, distance_in_angstroms):
     """`(B, H)`: hypotheses within `angle` and `distance` of a better one (lower index) of the same
     image, which refinement brought to the same pose: left out of the posterior weights."""
-    from atomicspi.microscope import geodesic_distance_in_degrees
-
     angles = jnp.deg2rad(geodesic_distance_in_degrees(rotations[:, :, None], rotations[:, None, :]))  # (B, H, H)
     distances = jnp.linalg.norm(shifts[:, :, None] - shifts[:, None, :], axis=-1)
     near = (angles < angle_in_radians) & (distances < distance_in_angstroms)
@@ -328,25 +342,20 @@ def _curvature_spread(values, step):
 
 
 def _refine(volume, images_fourier, ctf, rotations, shifts, max_frequency, step, shift_step, keep, noise_variance,
-            chunk_size, *, with_spread):
+            chunk_size):
     """One refinement stage: every hypothesis `(A, s)` moves to the best of `exp(δ) A`, `s + ε` over
     the 27 × 9 local grid; the best `keep` hypotheses of each image survive, best first."""
-    d, pixel = volume.box_size, volume.pixel_size_in_angstroms
-    band, weights = half_plane_band(max_frequency)
-    data, ctf_values = _band_data(images_fourier, ctf, band, d, pixel)
-    frequencies = jnp.asarray(band, dtype=jnp.float32) / (d * pixel)
-    band_j, weights_j = jnp.asarray(band), jnp.asarray(weights, dtype=jnp.float32)
+    band = _band(max_frequency, images_fourier, ctf, volume.box_size, volume.pixel_size_in_angstroms)
     offsets = jax.vmap(axis_angle_to_matrix)(jnp.asarray(_cube_offsets(step), dtype=jnp.float32))  # (27, 3, 3)
-    axis = np.array([-1.0, 0.0, 1.0]) * shift_step
-    shift_offsets = jnp.asarray(np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1).reshape(-1, 2), dtype=jnp.float32)
+    shift_offsets = _shift_grid(np.array([-1.0, 0.0, 1.0]) * shift_step)
 
     @jax.jit
     def stage(data, ctf_values, rotations, shifts):
         def one(image_data, image_ctf, image_rotations, image_shifts):
             def hypothesis(rotation, shift):
                 candidates = offsets @ rotation  # (27, 3, 3)
-                slices = jax.vmap(lambda r: volume.slice(r, band_j))(candidates)
-                gain, contrast = _gains(slices, image_data, image_ctf, weights_j, shift + shift_offsets, frequencies,
+                slices = jax.vmap(lambda r: volume.slice(r, band.band))(candidates)
+                gain, contrast = _gains(slices, image_data, image_ctf, band.weights, shift + shift_offsets, band.frequencies,
                                         noise_variance)  # (27, 9)
                 best = jnp.argmax(gain)
                 r_best, s_best = best // 9, best % 9
@@ -370,5 +379,5 @@ def _refine(volume, images_fourier, ctf, rotations, shifts, max_frequency, step,
 
         return jax.lax.map(lambda args: one(*args), (data, ctf_values, rotations, shifts), batch_size=chunk_size)
 
-    new_rotations, new_shifts, gains, contrast, spread_rotation, spread_shift = stage(data, ctf_values, rotations, shifts)
+    new_rotations, new_shifts, gains, contrast, spread_rotation, spread_shift = stage(band.data, band.ctf_values, rotations, shifts)
     return new_rotations, new_shifts, gains, (spread_rotation, spread_shift), contrast

@@ -9,7 +9,7 @@ import numpyro
 import numpyro.distributions as dist
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from atomicspi.microscope import CTFParameters, ImageModel
+from atomicspi.microscope import CTFParameters, ImageModel, ctf_batch_axes
 
 from ._context import ModelContext
 
@@ -69,9 +69,7 @@ def render_images(
 ) -> Float[Array, "batch y x"]:
     """Noise-free images `(batch, y, x)` of per-particle atom positions `(batch, n_atoms, 3)`; CTF
     fields without the batch axis (scalars such as the voltage) are shared by all images."""
-    batch_size = rotations.shape[0]
-    ctf_axes = jax.tree_util.tree_map(lambda v: 0 if jnp.ndim(v) >= 1 and jnp.shape(v)[0] == batch_size else None, ctf)
-    return jax.vmap(image_model, in_axes=(0, 0, 0, ctf_axes))(
+    return jax.vmap(image_model, in_axes=(0, 0, 0, ctf_batch_axes(ctf, rotations.shape[0])))(
         jnp.asarray(atom_positions), jnp.asarray(rotations), jnp.asarray(shifts_in_angstroms), ctf
     )
 

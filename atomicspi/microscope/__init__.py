@@ -13,6 +13,7 @@ from ..conventions import six_d_to_matrix as six_d_to_matrix
 from ._ctf import CTFParameters as CTFParameters
 from ._ctf import compute_ctf as compute_ctf
 from ._ctf import compute_odd_aberration_phase as compute_odd_aberration_phase
+from ._ctf import ctf_batch_axes as ctf_batch_axes
 from ._ctf import wavelength_in_angstroms as wavelength_in_angstroms
 from ._form_factors import (
     PROJECTED_POTENTIAL_CONSTANT_IN_VOLT_ANGSTROMS_SQUARED as PROJECTED_POTENTIAL_CONSTANT_IN_VOLT_ANGSTROMS_SQUARED,
@@ -22,6 +23,7 @@ from ._form_factors import peng_parameters as peng_parameters
 from ._form_factors import residue_pseudo_atoms as residue_pseudo_atoms
 from ._form_factors import scattering_factor as scattering_factor
 from ._fourier_projection import FourierProjector as FourierProjector
+from ._fourier_projection import form_factor_basis as form_factor_basis
 from ._fourier_projection import make_fourier_projector as make_fourier_projector
 from ._fourier_projection import project_atoms_fourier as project_atoms_fourier
 from ._image_model import ImageModel as ImageModel

@@ -42,6 +42,7 @@ differs from the CODATA one here by 3·10⁻⁵ relative).
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -229,3 +230,9 @@ def compute_odd_aberration_phase(
             _odd_index_to_degree_and_order,
         )
     return phase
+
+
+def ctf_batch_axes(parameters: CTFParameters, batch_size: int) -> CTFParameters:
+    """`jax.vmap`'s `in_axes` for a batch of `batch_size` images' `CTFParameters`: 0 for the fields
+    with that leading axis, None for those shared by all images (scalars such as the voltage)."""
+    return jax.tree_util.tree_map(lambda v: 0 if jnp.ndim(v) >= 1 and jnp.shape(v)[0] == batch_size else None, parameters)
