@@ -30,14 +30,15 @@ _ctf_parameters, _ordered_batches = ctf_parameters, ordered_batches  # the names
 # are left out of the configuration hash, so that older checkpoints stay valid.
 _SETTINGS_ADDED_LATER = {
     "importance_proposals": None, "particle_fluctuation_in_angstroms": None, "noise": "white", "likelihood_resolution_in_angstroms": None,
-    "max_shift_in_angstroms": None, "search_resolution_in_angstroms": 6.0,
+    "max_shift_in_angstroms": None, "search_resolution_in_angstroms": 6.0, "learn_envelope": False,
 }
+_ENVELOPE_PRIOR_IN_ANGSTROMS_SQUARED = 50.0  # prior sd of the learned envelope B-factor (models' sample_envelope)
 
 
 def _hashable_configuration(config) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     settings = dataclasses.asdict(config)
-    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "yaml_path", "output_atoms",
+    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "path_nodes", "yaml_path", "output_atoms",
                  "output_budget_in_gigabytes", "ensemble_size"):
         settings.pop(name, None)
     if settings.get("learning_rate_schedule") == "constant":  # else the schedule depends on num_steps
@@ -391,6 +392,7 @@ def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
         particle_fluctuation_in_angstroms=config.particle_fluctuation_in_angstroms if family.name == "deformation" else None,
         likelihood_resolution_in_angstroms=config.likelihood_resolution_in_angstroms,
+        envelope_prior_in_angstroms_squared=_ENVELOPE_PRIOR_IN_ANGSTROMS_SQUARED if config.learn_envelope else None,
     )
     context = build_model_context(
         prepared.structure, prepared.image_model, config.n_modes, config.cutoff_in_angstroms, options,
@@ -483,7 +485,7 @@ def draw(config, prepared: Prepared, setup: SetUp, parameters: dict, *, key) -> 
     keep = np.concatenate([np.arange(count) + i * batch_size for i, count in enumerate(counts)])
     local = {name: values[keep] for name, values in local.items()}
     fitted = FittedModel(setup.model, guide, parameters, setup.model_arguments, ordered, keep)
-    local, diagnostics = setup.family.refined_draws(config, fitted, local, key=key)
+    local, diagnostics, fitted = setup.family.refined_draws(config, fitted, local, global_, key=key)
     if "z" in local:
         diagnostics["latent_information"] = latent_information(local["z"])
         if diagnostics["latent_information"]["active_dimensions"] == 0:

@@ -19,6 +19,17 @@ from ._linear_start import principal_motions as principal_motions
 from ._minibatches import epoch_minibatch_indices as epoch_minibatch_indices
 from ._minibatches import make_epoch_minibatches as make_epoch_minibatches
 from ._optimizer import make_optimizer as make_optimizer
+from ._path_posterior import CurveImageStatistics as CurveImageStatistics
+from ._path_posterior import PathPosterior as PathPosterior
+from ._path_posterior import arc_lengths as arc_lengths
+from ._path_posterior import curve_image_statistics as curve_image_statistics
+from ._path_posterior import grid_log_likelihoods as grid_log_likelihoods
+from ._path_posterior import grid_posterior_weights as grid_posterior_weights
+from ._path_posterior import node_responsibilities as node_responsibilities
+from ._path_posterior import path_population as path_population
+from ._path_posterior import path_posterior as path_posterior
+from ._path_posterior import principal_curve as principal_curve
+from ._path_posterior import refine_curve as refine_curve
 from ._pose_search import FourierVolume as FourierVolume
 from ._pose_search import PoseSearchResult as PoseSearchResult
 from ._pose_search import make_fourier_volume as make_fourier_volume

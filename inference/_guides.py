@@ -64,6 +64,9 @@ class LocalSite(NamedTuple):
     covariance: str = "low_rank"
 
 
+_ENVELOPE_UNIT = 100.0  # Å² per unit of the envelope B-factor's guide parameters (Adam moves it ~0.1 Å² a step at 1e-3)
+
+
 class GlobalSite(NamedTuple):
     """A global real array site, with a diagonal normal guide: mean `unit · NAME_loc` and standard
     deviation `unit · NAME_scale`, starting at zero and `initial_scale`.
@@ -84,7 +87,8 @@ class AmortizedGuide:
     on top of them, for every model, `contrast` ~ log-normal and, with pose refinement,
     `rotation_correction` and `shift_correction` ~ diagonal normals.
 
-    Global sites: `spring_constant` and `noise_std` ~ log-normal, and the model's `global_sites`
+    Global sites: `spring_constant` and `noise_std` ~ log-normal, with a learned envelope
+    `envelope_b_factor` ~ normal, and the model's `global_sites`
     (each a `GlobalSite`) ~ diagonal normals.
 
     **Arguments:**
@@ -143,6 +147,10 @@ class AmortizedGuide:
             loc = numpyro.param(f"{name}_loc", jnp.log(guess))
             scale = numpyro.param(f"{name}_scale", 0.1, constraint=constraints.positive)
             numpyro.sample(name, dist.LogNormal(loc, scale))
+        if options.envelope_prior_in_angstroms_squared is not None:  # Å²: Adam moves it by ~ unit × learning rate
+            loc = numpyro.param("envelope_b_factor_loc", 0.0)
+            scale = numpyro.param("envelope_b_factor_scale", 1.0 / _ENVELOPE_UNIT, constraint=constraints.positive)
+            numpyro.sample("envelope_b_factor", dist.Normal(_ENVELOPE_UNIT * loc, _ENVELOPE_UNIT * scale))
         for name, site in self.global_sites.items():
             loc = numpyro.param(f"{name}_loc", jnp.zeros(site.shape))
             scale = numpyro.param(

@@ -21,8 +21,11 @@ from ._domains import domain_positions as domain_positions
 from ._domains import domains as domains
 from ._homogeneous import homogeneous as homogeneous
 from ._likelihood import StationaryGaussianImages as StationaryGaussianImages
+from ._likelihood import image_model_of as image_model_of
+from ._likelihood import inverse_noise_power as inverse_noise_power
 from ._likelihood import noise_power_on_grid as noise_power_on_grid
 from ._likelihood import render_images as render_images
+from ._likelihood import sample_envelope as sample_envelope
 from ._nma import nma as nma
 from ._nma import nma_positions as nma_positions
 

@@ -37,6 +37,9 @@ class ModelOptions(eqx.Module):
       (`atomicspi.models.fluctuation_field`).
     - `likelihood_resolution_in_angstroms`: when given, the images' likelihood counts only their
       Fourier components up to this resolution (`observe_images`).
+    - `envelope_prior_in_angstroms_squared`: when given, every model learns the global
+      `envelope_b_factor` (Å²), an envelope exp(−B |k|²/4) on every image beyond the reference's
+      atomic B-factors, with a N(0, this²) prior (`sample_envelope`); None: no envelope.
     - `fluctuation_fields`: how many block fields those fluctuations have (the deformation family
       sets it from its decoder's basis; 0 = no fluctuations).
     """
@@ -54,6 +57,7 @@ class ModelOptions(eqx.Module):
     particle_fluctuation_in_angstroms: float | None = eqx.field(static=True, default=None)
     fluctuation_fields: int = eqx.field(static=True, default=0)
     likelihood_resolution_in_angstroms: float | None = eqx.field(static=True, default=None)
+    envelope_prior_in_angstroms_squared: float | None = eqx.field(static=True, default=None)
 
 
 class ModelContext(eqx.Module):

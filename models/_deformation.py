@@ -18,7 +18,14 @@ from atomicspi.microscope import CTFParameters
 from atomicspi.structure import BlockRigidMotion
 
 from ._context import ModelContext
-from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import (
+    image_model_of,
+    observe_images,
+    render_images,
+    sample_envelope,
+    sample_globals,
+    sample_pose_corrections,
+)
 
 __all__ = [
     "Decoder",
@@ -266,6 +273,7 @@ def deformation(
     observed `images`.
     """
     spring_constant, noise_std = sample_globals(context)
+    ctf = sample_envelope(context, ctf)
     options = context.options
     net = eqx_module("decoder", decoder)
     log_normaliser = latent_elastic_log_normaliser(context, net, spring_constant)

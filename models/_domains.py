@@ -12,7 +12,14 @@ from jaxtyping import Array, Float, Int
 from atomicspi.microscope import CTFParameters
 
 from ._context import ModelContext
-from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import (
+    image_model_of,
+    observe_images,
+    render_images,
+    sample_envelope,
+    sample_globals,
+    sample_pose_corrections,
+)
 
 __all__ = ["domains", "domain_positions", "domain_bead_positions"]
 
@@ -89,6 +96,7 @@ def domains(
     if context.n_domains < 2:
         raise ValueError("the domains model needs at least two domains (dataset.yaml key `domains`)")
     spring_constant, noise_std = sample_globals(context)
+    ctf = sample_envelope(context, ctf)
     options = context.options
     moving = context.n_domains - 1
     base_scale = jnp.concatenate(

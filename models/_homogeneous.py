@@ -11,7 +11,14 @@ from jaxtyping import Array, Float, Int
 from atomicspi.microscope import CTFParameters
 
 from ._context import ModelContext
-from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import (
+    image_model_of,
+    observe_images,
+    render_images,
+    sample_envelope,
+    sample_globals,
+    sample_pose_corrections,
+)
 
 __all__ = ["homogeneous"]
 
@@ -34,6 +41,7 @@ def homogeneous(
     optional pose corrections, `contrast`, observed `images`.
     """
     spring_constant, noise_std = sample_globals(context)
+    ctf = sample_envelope(context, ctf)
     displacement = numpyro.sample(
         "displacement", dist.ImproperUniform(dist.constraints.real, (), event_shape=(context.n_beads, 3))
     )

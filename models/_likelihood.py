@@ -14,7 +14,7 @@ from atomicspi.microscope import CTFParameters, ImageModel, ctf_batch_axes
 from ._context import ModelContext
 
 __all__ = [
-    "StationaryGaussianImages", "image_model_of", "noise_power_on_grid", "observe_images", "render_images", "sample_globals",
+    "StationaryGaussianImages", "image_model_of", "inverse_noise_power", "noise_power_on_grid", "observe_images", "render_images", "sample_envelope", "sample_globals",
     "sample_pose_corrections",
 ]
 
@@ -34,6 +34,25 @@ def sample_globals(context: ModelContext) -> tuple[float | Float[Array, ""], flo
     spring_constant = numpyro.sample("spring_constant", dist.LogNormal(jnp.log(options.spring_constant_guess), 1.5))
     noise_std = numpyro.sample("noise_std", dist.LogNormal(jnp.log(options.noise_std_guess), 1.0))
     return spring_constant, noise_std
+
+
+def sample_envelope(context: ModelContext, ctf: CTFParameters) -> CTFParameters:
+    """Global: with `options.envelope_prior_in_angstroms_squared`, `envelope_b_factor` ~ N(0, that²)
+    (Å²), the images' envelope exp(−B |k|²/4) beyond the reference's atomic B-factors, added to
+    every particle's CTF B-factor; the CTF unchanged otherwise.
+
+    The data's high-frequency falloff is not the reference's: a model without B-factors (a
+    prediction, or a file that lost them), or crystallographic ones, against images blurred by
+    motion, drift and the particles' own fluctuations. Rendered too sharp, the images' highest
+    frequencies carry signal the data do not have, and the posteriors are too narrow by as much
+    (issue 19: an envelope of ≈ 26 Å² missing from the benchmark's reference)."""
+    prior = context.options.envelope_prior_in_angstroms_squared
+    if prior is None:
+        return ctf
+    import equinox as eqx
+
+    envelope = numpyro.sample("envelope_b_factor", dist.Normal(0.0, prior))
+    return eqx.tree_at(lambda c: c.b_factor_in_angstroms_squared, ctf, ctf.b_factor_in_angstroms_squared + envelope)
 
 
 def sample_pose_corrections(
@@ -156,6 +175,27 @@ def noise_power_on_grid(
     if indices is None:
         raise ValueError("several noise groups (particle_noise_groups) need the minibatch's particle indices")
     return spectra[context.particle_noise_groups[jnp.asarray(indices)]][:, shells]
+
+
+def inverse_noise_power(
+    context: ModelContext,
+    box_size: int,
+    indices: Int[Array | np.ndarray, " batch"] | None = None,
+) -> Float[Array, "*batch box_size half_box_size"]:
+    """The weights `W` on the `rfft2` grid that make `observe_images`'s log-likelihood, for images
+    of `noise_std = 1`, equal to `−½ Σ W |ŷ − ĉ m̂|²` + const: the half-plane multiplicity of each
+    entry, times the frequency mask of `likelihood_resolution_in_angstroms`, over `D²` times the noise
+    power (1 for white noise; the particles' group spectrum with coloured noise, then `(B, D, D // 2 + 1)`).
+    For white noise over all frequencies `Σ W â b̂*` is the pixel sum of `a · b`."""
+    from atomicspi.microscope import half_plane_weights, resolution_mask
+
+    weights = jnp.broadcast_to(half_plane_weights(box_size)[None, :], (box_size, box_size // 2 + 1)) / (box_size * box_size)
+    resolution = context.options.likelihood_resolution_in_angstroms
+    if resolution is not None:
+        weights = weights * resolution_mask(box_size, image_model_of(context).pixel_size_in_angstroms, resolution)
+    if context.noise_power_spectrum is not None:
+        weights = weights / noise_power_on_grid(context, box_size, indices)
+    return weights
 
 
 def observe_images(

@@ -11,7 +11,14 @@ from atomicspi.microscope import CTFParameters
 from atomicspi.structure import mode_amplitude_prior
 
 from ._context import ModelContext
-from ._likelihood import image_model_of, observe_images, render_images, sample_globals, sample_pose_corrections
+from ._likelihood import (
+    image_model_of,
+    observe_images,
+    render_images,
+    sample_envelope,
+    sample_globals,
+    sample_pose_corrections,
+)
 
 __all__ = ["nma", "nma_positions"]
 
@@ -50,6 +57,7 @@ def nma(
     - `n_particles`: size of the whole dataset (the plate scales the minibatch by n_particles/B).
     """
     spring_constant, noise_std = sample_globals(context)
+    ctf = sample_envelope(context, ctf)
     batch_size = rotations.shape[0]
     prior = mode_amplitude_prior(context.mode_eigenvalues, spring_constant, context.options.temperature_factor)
     with numpyro.plate("particle", n_particles, subsample_size=batch_size):

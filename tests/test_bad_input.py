@@ -516,6 +516,8 @@ yaml_negative_seed = _yaml_case("yaml_negative_seed", "seed: -1\n", "seed")
 yaml_seed_beyond_32_bits = _yaml_case("yaml_seed_beyond_32_bits", f"seed: {2**70}\n", "seed")
 yaml_unknown_schedule = _yaml_case("yaml_unknown_schedule", "learning_rate_schedule: linear\n", "learning_rate_schedule")
 yaml_negative_mode_candidates = _yaml_case("yaml_negative_mode_candidates", "mode_candidates: -2\n", "mode_candidates")
+yaml_two_path_nodes = _yaml_case("yaml_two_path_nodes", "path_nodes: 2\n", "path_nodes")
+yaml_envelope_not_boolean = _yaml_case("yaml_envelope_not_boolean", "learn_envelope: 1\n", "learn_envelope")
 
 
 def yaml_output_under_a_file(tmp):
@@ -547,7 +549,7 @@ CASES = [
     cs_amplitude_contrast_above_one, cs_path_not_utf8, cryodrgn_ctf_amplitude_contrast_above_one,
     mrc_negative_pixel_size, mrc_complex_images, yaml_duplicate_key, yaml_infinite_cutoff,
     yaml_infinite_learning_rate, yaml_nan_spring_yield, yaml_negative_seed, yaml_seed_beyond_32_bits,
-    yaml_unknown_schedule, yaml_negative_mode_candidates,
+    yaml_unknown_schedule, yaml_negative_mode_candidates, yaml_two_path_nodes, yaml_envelope_not_boolean,
     yaml_output_under_a_file, yaml_output_broken_link,
 ]
 

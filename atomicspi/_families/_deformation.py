@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -67,6 +68,142 @@ def _linear_start(dataset, context, decoder):
     return decoder, context, record
 
 
+def _fitted_decoder(fitted: FittedModel):
+    """The trained decoder: learned weights in the initial module's structure."""
+    import equinox as eqx
+
+    initial = fitted.model_arguments["decoder"]
+    return eqx.combine(fitted.parameters["decoder$params"], eqx.partition(initial, eqx.is_inexact_array)[1])
+
+
+def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dict, *, key) -> tuple[dict, dict, FittedModel]:
+    """Every particle's exact posterior along the principal curve of the latent means
+    (`atomicspi.inference.path_posterior`), after `_CURVE_REFINEMENTS` rounds of EM that move the
+    decoder so the curve's structures fit the particles their posteriors place on it
+    (`atomicspi.inference.refine_curve`): its draws replace the guide's z, `path_position_in_angstroms`
+    (the position along the curve) joins the local draws, and the refined decoder the parameters."""
+    import equinox as eqx
+    import scipy.stats
+
+    from atomicspi.inference import (
+        arc_lengths,
+        curve_image_statistics,
+        grid_log_likelihoods,
+        grid_posterior_weights,
+        node_responsibilities,
+        path_population,
+        path_posterior,
+        principal_curve,
+        refine_curve,
+    )
+    from atomicspi.microscope import axis_angle_to_matrix
+    from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images
+
+    started = time.perf_counter()
+    context = fitted.model_arguments["context"]
+    weights_of, static = eqx.partition(_fitted_decoder(fitted), eqx.is_inexact_array)
+    image_model = image_model_of(context)
+    box_size = image_model.box_size
+    nodes = principal_curve(np.asarray(local["z"], dtype=np.float64).mean(axis=1), config.path_nodes)
+    nodes_j = jnp.asarray(nodes, dtype=jnp.float32)
+    corrections = {name: np.asarray(local[name]).mean(axis=1) for name in ("rotation_correction", "shift_correction") if name in local}
+    noise_std = float(np.median(np.asarray(global_["noise_std"]))) if "noise_std" in global_ else context.options.noise_std_guess
+    contrast_log_mean = float(np.log(context.options.contrast_guess))
+    # the learned envelope (`learn_envelope`), at its posterior median
+    envelope = float(np.median(np.asarray(global_["envelope_b_factor"]))) if "envelope_b_factor" in global_ else 0.0
+
+    def decode(parameters, z):
+        return decoded_structure(context, eqx.combine(parameters, static), z)
+
+    def render_each(atoms, batch):  # (B, n_atoms, 3): one structure per particle
+        rotations, shifts = batch["rotations"], batch["shifts_in_angstroms"]
+        if corrections:  # the posterior-mean pose corrections of `poses: infer` / `search`
+            rotations = jax.vmap(axis_angle_to_matrix)(batch["rotation_correction"]) @ rotations
+            shifts = shifts + batch["shift_correction"]
+        ctf = ctf_parameters(batch)
+        ctf = eqx.tree_at(lambda c: c.b_factor_in_angstroms_squared, ctf, ctf.b_factor_in_angstroms_squared + envelope)
+        return render_images(image_model, atoms, rotations, shifts, ctf)
+
+    def render(atoms, batch):  # one structure for all the batch's particles
+        return render_each(jnp.broadcast_to(atoms, (batch["rotations"].shape[0], *atoms.shape)), batch)
+
+    def batches():
+        for count, batch in fitted.ordered():
+            extra = {name: values[np.asarray(batch["indices"])].astype(np.float32) for name, values in corrections.items()}
+            yield count, {**batch, **extra}
+
+    def inverse_power(batch):
+        return inverse_noise_power(context, box_size, batch["indices"])
+
+    contrast_quantiles = (np.arange(_CONTRASTS) + 0.5) / _CONTRASTS
+    contrasts = jnp.asarray(np.exp(contrast_log_mean + _CONTRAST_LOG_STD * scipy.stats.norm.ppf(contrast_quantiles)), dtype=jnp.float32)
+
+    def node_log_likelihoods(parameters, batch, node_indices):
+        images = jnp.fft.rfft2(batch["images"])
+        weights = inverse_power(batch)
+
+        def one(column):
+            _, atoms = jax.vmap(functools.partial(decode, parameters))(nodes_j[column])  # (B, n_atoms, 3)
+            rendered = jnp.fft.rfft2(render_each(atoms, batch))
+            cross = jnp.sum(weights * (images.real * rendered.real + images.imag * rendered.imag), axis=(-2, -1))
+            energy = jnp.sum(weights * (rendered.real**2 + rendered.imag**2), axis=(-2, -1))
+            terms = (contrasts * cross[:, None] - 0.5 * contrasts**2 * energy[:, None]) / noise_std**2
+            return jax.scipy.special.logsumexp(terms, axis=-1)
+
+        return jax.vmap(one, in_axes=1, out_axes=1)(node_indices)
+
+    def posterior_on_curve(parameters):
+        _, node_atoms = jax.jit(jax.vmap(functools.partial(decode, parameters)))(nodes_j)
+        statistics = curve_image_statistics(render, inverse_power, node_atoms, batches())
+        log_likelihood = grid_log_likelihoods(
+            statistics, substeps=_PATH_SUBSTEPS, noise_std=noise_std, contrast_log_mean=contrast_log_mean,
+            contrast_log_std=_CONTRAST_LOG_STD, n_contrasts=_CONTRASTS,
+        )
+        return log_likelihood, path_population(log_likelihood)
+
+    log_likelihood, population = posterior_on_curve(weights_of)
+    losses = []
+    for _ in range(_CURVE_REFINEMENTS):
+        responsibilities = node_responsibilities(grid_posterior_weights(log_likelihood, population), len(nodes))
+        weights_of, history = refine_curve(
+            weights_of, node_log_likelihoods, responsibilities, batches, n_epochs=_CURVE_EPOCHS,
+            learning_rate=_CURVE_LEARNING_RATE,
+        )
+        losses.append(history)
+        log_likelihood, population = posterior_on_curve(weights_of)
+    t = np.arange(_PATH_SUBSTEPS) / _PATH_SUBSTEPS
+    grid = np.concatenate([(nodes[:-1, None] * (1 - t)[:, None] + nodes[1:, None] * t[:, None]).reshape(-1, nodes.shape[1]), nodes[-1:]])
+    beads, _ = jax.jit(jax.vmap(functools.partial(decode, weights_of)))(jnp.asarray(grid, dtype=jnp.float32))
+    arc = arc_lengths(np.asarray(beads) + np.asarray(context.bead_positions_in_angstroms)[None])
+    samples_per_particle = local["z"].shape[1]
+    result = path_posterior(log_likelihood, nodes, arc, samples_per_particle, key=key, population=population)
+    local = {**local, "z": result.draw_latents.astype(local["z"].dtype),
+             "path_position_in_angstroms": result.draws_in_angstroms.astype(np.float32)}
+    parameters = {**fitted.parameters, "decoder$params": weights_of}
+    diagnostics = {
+        "nodes": config.path_nodes,
+        "substeps": _PATH_SUBSTEPS,
+        "refinements": _CURVE_REFINEMENTS,
+        "refinement_losses": losses,
+        "length_in_angstroms": float(arc[-1]),
+        "noise_std": noise_std,
+        "envelope_b_factor_in_angstroms_squared": envelope,
+        "population": result.population.tolist(),
+        "arc_length_in_angstroms": arc.tolist(),
+        "median_interval_width_in_angstroms": float(np.median(result.high_in_angstroms - result.low_in_angstroms)),
+        "seconds": time.perf_counter() - started,
+    }
+    return local, diagnostics, fitted._replace(parameters=parameters)
+
+
+_PATH_SUBSTEPS = 8  # grid points per interval between the curve's nodes
+_CONTRAST_LOG_STD = 0.5  # the contrast prior's (models' observe_images)
+_CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
+_CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve
+_CURVE_EPOCHS = 3  # passes over the particles per round
+_CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
+
+
 class Deformation(ModelFamily):
     """`deformation`: z ~ N(0, I) times the elastic prior of its decoded structure
     (`atomicspi.models.deformation`); the decoder's weights are point estimates.
@@ -118,7 +255,7 @@ class Deformation(ModelFamily):
             decoder, context, diagnostics["linear_start"] = _linear_start(dataset, context, decoder)
         return ModelSetup(context, {"decoder": decoder}, diagnostics)
 
-    def refined_draws(self, config, fitted: FittedModel, local: dict, *, key) -> tuple[dict, dict]:
+    def refined_draws(self, config, fitted: FittedModel, local: dict, global_: dict, *, key) -> tuple[dict, dict, FittedModel]:
         from atomicspi.inference import importance_resampled_draws, relocated_modes
 
         diagnostics = {}
@@ -156,16 +293,17 @@ class Deformation(ModelFamily):
                 "share_of_particles_relocated": float(np.mean(relocated)),
                 "median_log_joint_gain_in_nats": float(np.median(gains[relocated])) if np.any(relocated) else 0.0,
             }
-        return local, diagnostics
+        if config.path_nodes:
+            local, diagnostics["path_posterior"], fitted = _path_posterior_draws(
+                config, fitted, local, global_, key=jax.random.fold_in(key, 6)
+            )
+        return local, diagnostics, fitted
 
     def positions(self, fitted: FittedModel, local: dict, global_: dict):
-        import equinox as eqx
-
         from atomicspi.models import deformation_positions, fluctuation_field, fluctuation_scale
 
         context = fitted.model_arguments["context"]
-        initial = fitted.model_arguments["decoder"]  # the fitted decoder: learned weights, the initial module's structure
-        decoder = eqx.combine(fitted.parameters["decoder$params"], eqx.partition(initial, eqx.is_inexact_array)[1])
+        decoder = _fitted_decoder(fitted)
         if "fluctuation" in local:
             # each draw's own fluctuation, at the posterior median of its scale
             scale = fluctuation_scale(context, decoder) * float(np.exp(np.median(np.asarray(global_["fluctuation_log_scale"]))))

@@ -75,10 +75,12 @@ class ModelFamily(abc.ABC):
         """The model's context and extra arguments before training (by default: as given, none)."""
         return ModelSetup(context, {}, {})
 
-    def refined_draws(self, config, fitted: FittedModel, local: dict, *, key) -> tuple[dict, dict]:
+    def refined_draws(self, config, fitted: FittedModel, local: dict, global_: dict, *, key) -> tuple[dict, dict, FittedModel]:
         """Per-particle draws `(n_particles, n_samples, ...)` after any correction the family makes
-        to the guide's draws, with diagnostics for `run.json` (by default: as drawn, none)."""
-        return local, {}
+        to the guide's draws (`global_`: the global sites' draws), with diagnostics for `run.json`,
+        and the fitted model whose parameters go with them (a family may refine its parameters
+        after training). By default: as drawn, none, unchanged."""
+        return local, {}, fitted
 
     @abc.abstractmethod
     def positions(self, fitted: FittedModel, local: dict, global_: dict) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:

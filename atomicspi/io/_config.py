@@ -80,6 +80,18 @@ class DatasetConfig:
       means) where the model's posterior is higher there, then refine it
       (`atomicspi.inference.relocated_modes`): a unimodal q fitted by local steps can stay in the
       wrong state's basin.
+    - `path_nodes` (0 = off): with `model: deformation`, after training, replace each particle's
+      draws by its exact posterior along the principal curve of the latent means
+      (`atomicspi.inference.path_posterior`): the curve's `path_nodes` structures are rendered at
+      every particle's pose, and the position along it (in Å of bead displacement) is computed on a
+      grid with the contrast marginalised and the population along the curve estimated from all
+      particles. For one-dimensional motions (closed ↔ open); costs `path_nodes` renders per particle.
+    - `learn_envelope` (false): every model learns the images' envelope B-factor (Å², the global
+      `envelope_b_factor`, prior N(0, 50²)) beyond the reference's atomic B-factors: the data's
+      high-frequency falloff is rarely the reference's (a model without B-factors, or crystal ones,
+      against images blurred by drift and the particles' own motion), and images rendered too sharp
+      make the posteriors too narrow (issue 19, bench/RESULTS.md). Not yet measured at full size,
+      hence off by default; false: the reference's B-factors as they are.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
@@ -147,6 +159,8 @@ class DatasetConfig:
     spring_yield_in_angstroms: float | None = 1.0
     importance_proposals: int | None = None
     mode_candidates: int = 8
+    path_nodes: int = 0
+    learn_envelope: bool = False
     decoder_beads_per_block: int = 12
     particle_fluctuation_in_angstroms: float | None = None
     likelihood_resolution_in_angstroms: float | None = None
@@ -283,7 +297,11 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
     seed = values.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _SEED_LIMIT:
         raise InputError(f"{path}: field seed: must be an integer from 0 to {_SEED_LIMIT - 1}, got {seed!r}")
-    for key in ("decoder_beads_per_block", "mode_candidates"):
+    if values.get("path_nodes") in (1, 2):
+        raise InputError(f"{path}: field path_nodes: a curve needs at least 3 nodes (0 turns the path posterior off), got {values['path_nodes']}")
+    if not isinstance(values.get("learn_envelope", True), bool):
+        raise InputError(f"{path}: field learn_envelope: must be true or false, got {values['learn_envelope']!r}")
+    for key in ("decoder_beads_per_block", "mode_candidates", "path_nodes"):
         value = values.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InputError(f"{path}: field {key}: must be a non-negative integer, got {value!r}")

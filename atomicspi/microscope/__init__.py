@@ -31,6 +31,7 @@ from ._image_model import make_image_model as make_image_model
 from ._image_model import rfft_frequencies as rfft_frequencies
 from ._noise import circular_mask as circular_mask
 from ._noise import gaussian_log_likelihood_fourier as gaussian_log_likelihood_fourier
+from ._noise import half_plane_weights as half_plane_weights
 from ._noise import power_spectrum_on_grid as power_spectrum_on_grid
 from ._noise import radial_average as radial_average
 from ._noise import radial_shell_count as radial_shell_count

@@ -54,7 +54,7 @@ def radial_shell_count(box_size: int) -> int:
     return round(math.hypot(box_size // 2, box_size // 2)) + 1
 
 
-def _half_plane_weights(box_size: int) -> Float[Array, " box_size//2+1"]:
+def half_plane_weights(box_size: int) -> Float[Array, " box_size//2+1"]:
     """How many full-grid frequencies each `rfft2` column stands for (1 or 2)."""
     weights = jnp.full(box_size // 2 + 1, 2.0)
     weights = weights.at[0].set(1.0)
@@ -81,7 +81,7 @@ def radial_average(
     box_size = values.shape[0]
     n_shells = box_size // 2 + 1 if n_shells is None else n_shells
     shells = radial_shell_indices(box_size).ravel()
-    weights = jnp.broadcast_to(_half_plane_weights(box_size)[None, :], values.shape).ravel()
+    weights = jnp.broadcast_to(half_plane_weights(box_size)[None, :], values.shape).ravel()
     totals = jnp.zeros(n_shells).at[shells].add(weights * values.ravel(), mode="drop")
     counts = jnp.zeros(n_shells).at[shells].add(weights, mode="drop")
     return jnp.where(counts > 0, totals / jnp.where(counts > 0, counts, 1.0), 0.0)
@@ -160,7 +160,7 @@ def gaussian_log_likelihood_fourier(
     residual = observed_fourier - predicted_fourier
     squared = residual.real**2 + residual.imag**2
     power = jnp.broadcast_to(jnp.asarray(power_spectrum), squared.shape)
-    weights = _half_plane_weights(box_size)[None, :]
+    weights = half_plane_weights(box_size)[None, :]
     if frequency_mask is not None:
         weights = weights * frequency_mask
     return -0.5 * jnp.sum(weights * (squared / (n_pixels * power) + jnp.log(2.0 * jnp.pi * power)))

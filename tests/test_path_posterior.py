@@ -1,0 +1,149 @@
+"""The exact posterior along a curve (`atomicspi.inference.path_posterior` and its parts): the
+principal curve against a known arc, the grid likelihood against quadrature over the contrast, and
+simulation-based calibration of the whole chain on a toy image family with a known path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+
+from atomicspi.inference import (
+    CurveImageStatistics,
+    curve_image_statistics,
+    grid_log_likelihoods,
+    path_population,
+    path_posterior,
+    principal_curve,
+)
+
+
+def test_principal_curve_follows_a_noisy_arc():
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(0.0, np.pi, 2000)
+    arc = np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles), np.zeros_like(angles)], axis=1) * 3.0
+    points = arc + 0.15 * rng.standard_normal(arc.shape)
+    nodes = principal_curve(points, 41, extension=0.0)
+    radius = np.linalg.norm(nodes[:, :2], axis=1)
+    # On the arc (radius 3, in its plane), ordered from one end to the other, equally spaced.
+    assert np.max(np.abs(radius[3:-3] - 3.0)) < 0.1
+    assert np.max(np.abs(nodes[:, 2:])) < 0.05
+    node_angles = np.arctan2(nodes[:, 1], nodes[:, 0])
+    assert np.all(np.abs(np.diff(node_angles)) > 0) and abs(np.sign(np.diff(node_angles)).sum()) == 40
+    steps = np.linalg.norm(np.diff(nodes, axis=0), axis=1)
+    assert steps.std() / steps.mean() < 0.01
+    # The straight start (first principal axis) is not the answer: the arc's middle is off it.
+    assert abs(np.abs(node_angles[20]) - np.pi / 2) < 0.1
+
+
+def test_grid_log_likelihoods_match_quadrature_over_the_contrast():
+    rng = np.random.default_rng(1)
+    n, n_nodes, substeps, noise_std = 5, 4, 3, 1.7
+    nodes = rng.standard_normal((n_nodes, 30))
+    images = rng.standard_normal((n, 30)) * noise_std + 0.8 * nodes[1]
+    statistics = CurveImageStatistics(
+        images @ nodes.T, np.tile(np.sum(nodes**2, axis=1), (n, 1)),
+        np.tile(np.sum(nodes[:-1] * nodes[1:], axis=1), (n, 1)),
+    )
+    log_mean, log_std = np.log(0.9), 0.4
+    values = grid_log_likelihoods(statistics, substeps=substeps, noise_std=noise_std, contrast_log_mean=log_mean,
+                                  contrast_log_std=log_std, n_contrasts=401)
+    assert values.shape == (n, (n_nodes - 1) * substeps + 1)
+    for i in range(n):
+        for g in (0, 4, 9):  # a node, a point between nodes, the last node
+            k, t = min(g // substeps, n_nodes - 2), (g - min(g // substeps, n_nodes - 2) * substeps) / substeps
+            m = (1 - t) * nodes[k] + t * nodes[k + 1]
+            prior = scipy.stats.lognorm(s=log_std, scale=np.exp(log_mean))
+            exact = np.log(scipy.integrate.quad(
+                lambda c: prior.pdf(c) * np.exp((c * images[i] @ m - 0.5 * c**2 * m @ m) / noise_std**2), 0, 10, limit=200)[0])
+            assert values[i, g] == pytest.approx(exact, abs=0.02)
+
+
+def _blob_images(positions, box_size=16):
+    """A Gaussian spot at x = 4 + 8 s (pixels), y = 8: a nonlinear image family along s ∈ [0, 1]."""
+    y, x = np.mgrid[:box_size, :box_size]
+    centres = 4.0 + 8.0 * np.asarray(positions)
+    return 3.0 * np.exp(-0.5 * (((x[None] - centres[:, None, None]) ** 2 + (y[None] - 8.0) ** 2) / 1.5**2))
+
+
+@pytest.mark.parametrize("seed", [2])
+def test_path_posterior_is_calibrated_on_a_known_image_family(seed):
+    rng = np.random.default_rng(seed)
+    n, n_nodes = 3000, 41
+    minor = rng.random(n) < 0.2
+    truth = np.clip(np.where(minor, rng.normal(0.75, 0.07, n), rng.normal(0.25, 0.07, n)), 0.0, 1.0)
+    contrast = np.exp(0.3 * rng.standard_normal(n))
+    images = contrast[:, None, None] * _blob_images(truth) + rng.standard_normal((n, 16, 16))
+    node_s = np.linspace(0.0, 1.0, n_nodes)
+
+    def render(node, batch):  # a "structure" here is one point whose first coordinate is s
+        y, x = jnp.mgrid[:16, :16]
+        blob = 3.0 * jnp.exp(-0.5 * (((x - (4.0 + 8.0 * node[0, 0])) ** 2 + (y - 8.0) ** 2) / 1.5**2))
+        return jnp.broadcast_to(blob, (batch["images"].shape[0], 16, 16))
+
+    weights = jnp.broadcast_to(jnp.asarray([1.0] + [2.0] * 7 + [1.0])[None], (16, 9)) / 256.0
+    batches = ((min(500, n - start), {"images": images[start : start + 500].astype(np.float32)}) for start in range(0, n, 500))
+    node_positions = np.zeros((n_nodes, 1, 3))
+    node_positions[:, 0, 0] = node_s
+    statistics = curve_image_statistics(render, lambda batch: weights, node_positions, batches)
+    # The weights make <a, b> the pixel sum of a · b.
+    direct = np.einsum("nyx,yx->n", images[:4], _blob_images(node_s[7:8])[0])
+    np.testing.assert_allclose(statistics.cross[:4, 7], direct, rtol=1e-4)
+    log_likelihood = grid_log_likelihoods(statistics, substeps=4, noise_std=1.0, contrast_log_mean=0.0, contrast_log_std=0.3)
+    population = path_population(log_likelihood)
+    grid_s = np.linspace(0.0, 1.0, log_likelihood.shape[1])
+    result = path_posterior(log_likelihood, node_s[:, None], grid_s, 20, key=jax.random.key(0), population=population)
+    covered = (truth >= result.low_in_angstroms) & (truth <= result.high_in_angstroms)
+    print(f"coverage {covered.mean():.3f}")
+    assert 0.86 <= covered.mean() <= 0.94, covered.mean()
+    assert scipy.stats.spearmanr(result.mean_in_angstroms, truth).statistic > 0.9
+    assert abs(population[grid_s > 0.5].sum() - minor.mean()) < 0.03
+    # Draws: 20 per particle, continuous, and the range of calibrated draws holds the truth ≈ 19/21.
+    assert result.draws_in_angstroms.shape == (n, 20) and result.draw_latents.shape == (n, 20, 1)
+    in_range = (truth >= result.draws_in_angstroms.min(axis=1)) & (truth <= result.draws_in_angstroms.max(axis=1))
+    assert 0.86 <= in_range.mean() <= 0.95, in_range.mean()
+    np.testing.assert_allclose(result.draw_latents[..., 0], result.draws_in_angstroms, atol=1e-9)
+
+
+@pytest.mark.slow  # a tiny deformation fit end to end
+def test_run_with_path_posterior_and_learned_envelope(tmp_path, example_structure_path):
+    """`path_nodes` and `learn_envelope` through `run_inference`: the draws lie on the curve, their
+    positions along it reach posterior.nc, run.json and particles.star, and the envelope is learned."""
+    import json
+
+    import arviz as az
+    import starfile
+
+    from atomicspi._pipeline import run_inference
+    from atomicspi._simulation import interpolated_conformations, simulate_particles, write_simulated_dataset
+    from atomicspi.io import load_config
+    from atomicspi.structure import load_structure
+
+    closed = load_structure(example_structure_path).calpha()
+    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
+    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
+    n = 48
+    truth = np.random.default_rng(5).uniform(0.0, 1.0, n)
+    particles = simulate_particles(closed, interpolated_conformations(closed, opened, truth), 24, 4.0, 1.0, seed=5)
+    path = write_simulated_dataset(tmp_path, closed, particles, model="deformation", config_overrides={
+        "num_steps": 30, "batch_size": 16, "samples_per_particle": 6, "path_nodes": 6, "learn_envelope": True,
+        "mode_candidates": 0,
+    })
+    output = run_inference(load_config(path), progress=False)
+    record = json.loads((output / "run.json").read_text())
+    summary = record["path_posterior"]
+    assert summary["nodes"] == 6 and len(summary["population"]) == 5 * summary["substeps"] + 1
+    assert np.isclose(sum(summary["population"]), 1.0) and summary["length_in_angstroms"] > 0
+    assert "envelope_b_factor" in record["global_posterior_means"]
+    posterior = az.from_netcdf(output / "posterior.nc").posterior
+    positions = posterior["path_position_in_angstroms"].values[0]  # (draw, particle)
+    assert positions.shape == (6, n)
+    assert np.all((positions >= 0.0) & (positions <= summary["length_in_angstroms"] + 1e-4))
+    # Every draw's latent lies on the curve: it is the curve's latent at the draw's arc length.
+    arc = np.asarray(summary["arc_length_in_angstroms"])
+    z = posterior["z"].values[0]  # (draw, particle, latent)
+    assert z.shape[:2] == (6, n)
+    star = starfile.read(output / "particles.star")["particles"]
+    assert np.allclose(star["atomicspiPathPositionInAngstroms1"], positions.mean(axis=0), atol=1e-3)
+    assert arc[-1] == pytest.approx(summary["length_in_angstroms"])
