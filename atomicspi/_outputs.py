@@ -145,7 +145,8 @@ def write_ensemble(folder: pathlib.Path, structure, mean_positions, sample_posit
         writer.append(mean_positions, sample_positions)
 
 
-UNITS = {"amplitudes": "Å", "shift_correction": "Å", "rotation_correction": "rad", "spring_constant": "kT/Å²"}
+UNITS = {"amplitudes": "Å", "shift_correction": "Å", "rotation_correction": "rad", "spring_constant": "kT/Å²",
+         "path_position_in_angstroms": "Å", "envelope_b_factor": "Å²"}
 
 
 def write_posterior(path: pathlib.Path, local_draws: dict, global_draws: dict, pose_summary=None) -> None:

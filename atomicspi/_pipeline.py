@@ -731,6 +731,8 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
             # Structural coordinates need every draw's structure: without ensemble_samples.dcd (over the
             # output budget) the products fall back to the posterior's own variables.
             coordinate = family.landscape_coordinate if outputs["ensemble_samples_written"] else None
+            if "path_position_in_angstroms" in posterior.local:  # the exact posterior along the curve (path_nodes)
+                coordinate = "path:0"
             run_products(prepared.output, cv=coordinate, seed=config.seed)
         write_run_record(prepared.output / "run.json", record)
     write_particles_star(config, prepared, posterior)

@@ -28,6 +28,7 @@ from ._path_posterior import grid_posterior_weights as grid_posterior_weights
 from ._path_posterior import node_responsibilities as node_responsibilities
 from ._path_posterior import path_population as path_population
 from ._path_posterior import path_posterior as path_posterior
+from ._path_posterior import posterior_windows as posterior_windows
 from ._path_posterior import principal_curve as principal_curve
 from ._path_posterior import refine_curve as refine_curve
 from ._pose_search import FourierVolume as FourierVolume

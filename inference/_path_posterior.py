@@ -34,7 +34,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 __all__ = [
     "CurveImageStatistics", "PathPosterior", "arc_lengths", "curve_image_statistics", "grid_log_likelihoods",
-    "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior", "principal_curve", "refine_curve",
+    "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior", "posterior_windows",
+    "principal_curve", "refine_curve",
 ]
 
 
@@ -120,67 +121,108 @@ def principal_curve(
 class CurveImageStatistics(NamedTuple):
     """Per particle and node k, the noise-weighted inner products of the Gaussian likelihood
     (`<a, b> = Σ_k W(k) Re(â(k) b̂*(k))`, `W` the inverse noise power per `noise_std²`):
-    `cross (n, K)` = <image, m_k>, `energy (n, K)` = <m_k, m_k>, `neighbour (n, K − 1)` = <m_k, m_{k+1}>,
-    m_k the noise-free image of node k at the particle's pose, shift and CTF."""
+    `cross (n, W)` = <image, m_k>, `energy (n, W)` = <m_k, m_k>, `neighbour (n, W − 1)` = <m_k, m_{k+1}>,
+    m_k the noise-free image of node k at the particle's pose, shift and CTF, for the W nodes
+    `starts[i], …, starts[i] + W − 1` of each particle's window on a curve of `n_nodes` (all of them:
+    `starts` 0, W = `n_nodes`)."""
 
-    cross: Float[np.ndarray, "n n_nodes"]
-    energy: Float[np.ndarray, "n n_nodes"]
-    neighbour: Float[np.ndarray, "n n_nodes_minus_1"]
+    cross: Float[np.ndarray, "n window"]
+    energy: Float[np.ndarray, "n window"]
+    neighbour: Float[np.ndarray, "n window_minus_1"]
+    starts: Int[np.ndarray, " n"]
+    n_nodes: int
 
 
 def curve_image_statistics(
-    render: Callable[[Float[Array, "n_atoms 3"], Mapping[str, Any]], Float[Array, "batch y x"]],
+    render: Callable[[Float[Array, "batch n_atoms 3"], Mapping[str, Any]], Float[Array, "batch y x"]],
     inverse_noise_power: Callable[[Mapping[str, Any]], Float[Array, "*batch y x_half"]],
     node_positions: Float[Array | np.ndarray, "n_nodes n_atoms 3"],
     batches: Iterable[tuple[int, Mapping[str, Any]]],
+    *,
+    starts: Int[np.ndarray, " n"] | None = None,
+    window: int | None = None,
 ) -> CurveImageStatistics:
     """The likelihood's inner products for every particle and curve node, streaming over batches.
 
     **Arguments:**
 
-    - `render`: `(atom positions of one structure, batch) → (B, D, D)` noise-free images of that
-      structure at the batch's poses, shifts and CTFs, in the images' units at unit contrast.
+    - `render`: `(atom positions (B, n_atoms, 3), batch) → (B, D, D)` the noise-free image of each
+      particle's structure at its pose, shift and CTF, in the images' units at unit contrast.
     - `inverse_noise_power`: `batch → (D, D // 2 + 1)` or `(B, D, D // 2 + 1)` weights on the rfft2
       grid: half-plane multiplicity × frequency mask / (D² · noise power in units of `noise_std²`).
       For white noise over all frequencies, `<a, b>` is then the pixel sum of `a · b`.
     - `node_positions`: the nodes' atom positions.
-    - `batches`: `(count, batch)` in input order, `count` the batch's real (unpadded) particles.
+    - `batches`: `(count, batch)` in input order, `count` the batch's real (unpadded) particles,
+      each batch with its particles' `indices`.
+    - `starts`, `window`: only the `window` nodes from `starts[i]` for particle i (its posterior's
+      neighbourhood, once known: a window of a quarter of the nodes costs a quarter of the renders);
+      by default every node.
 
     **Returns:** `CurveImageStatistics`.
     """
     nodes = jnp.asarray(node_positions, dtype=jnp.float32)
+    n_nodes = nodes.shape[0]
+    window = n_nodes if window is None else int(window)
+    if not 2 <= window <= n_nodes:
+        raise ValueError(f"window {window} is not between 2 and the {n_nodes} nodes")
 
     @jax.jit
-    def statistics(batch):
+    def statistics(batch, first_nodes):
         images = jnp.fft.rfft2(jnp.asarray(batch["images"], dtype=jnp.float32))
         weights = inverse_noise_power(batch)
 
         def inner(a, b):
             return jnp.sum(weights * (a.real * b.real + a.imag * b.imag), axis=(-2, -1))
 
-        first = jnp.fft.rfft2(render(nodes[0], batch))
+        first = jnp.fft.rfft2(render(nodes[first_nodes], batch))
 
-        def step(previous, node):
-            rendered = jnp.fft.rfft2(render(node, batch))
+        def step(previous, offset):
+            rendered = jnp.fft.rfft2(render(nodes[first_nodes + offset], batch))
             return rendered, (inner(images, rendered), inner(rendered, rendered), inner(previous, rendered))
 
-        _, (cross, energy, neighbour) = jax.lax.scan(step, first, nodes[1:])
+        _, (cross, energy, neighbour) = jax.lax.scan(step, first, jnp.arange(1, window))
         cross = jnp.concatenate([inner(images, first)[None], cross])
         energy = jnp.concatenate([inner(first, first)[None], energy])
         return cross.T, energy.T, neighbour.T
 
     parts: list[tuple[np.ndarray, ...]] = []
+    all_starts: list[np.ndarray] = []
     for count, batch in batches:
-        parts.append(tuple(np.asarray(value, dtype=np.float64)[:count] for value in statistics(batch)))
+        indices = np.asarray(batch["indices"])
+        first_nodes = np.zeros(len(indices), dtype=np.int32) if starts is None else np.asarray(starts)[indices].astype(np.int32)
+        first_nodes = np.clip(first_nodes, 0, n_nodes - window)
+        parts.append(tuple(np.asarray(value, dtype=np.float64)[:count] for value in statistics(batch, jnp.asarray(first_nodes))))
+        all_starts.append(first_nodes[:count])
     cross, energy, neighbour = (np.concatenate([part[i] for part in parts]) for i in range(3))
-    return CurveImageStatistics(cross, energy, neighbour)
+    return CurveImageStatistics(cross, energy, neighbour, np.concatenate(all_starts).astype(np.int64), n_nodes)
+
+
+def posterior_windows(
+    weights: Float[np.ndarray, "n n_grid"], n_nodes: int, smallest_window: int = 10, mass: float = 0.999
+) -> tuple[Int[np.ndarray, " n"], int]:
+    """Where the next `curve_image_statistics` pass needs to look, from the particles' grid
+    posteriors `(n, G)`: one window length for all, the nodes spanning the central `mass` of the
+    posterior for 99 % of the particles (at least `smallest_window`), and each particle's window
+    centred on its posterior's central interval.
+
+    **Returns:** `(starts (n,), window)`."""
+    n_grid = weights.shape[1]
+    node_of_grid = np.linspace(0.0, n_nodes - 1, n_grid)
+    cdf = np.cumsum(weights, axis=1)
+    cdf /= cdf[:, -1:]
+    tail = 0.5 * (1.0 - mass)
+    low = node_of_grid[np.argmax(cdf >= tail, axis=1)]
+    high = node_of_grid[np.argmax(cdf >= 1.0 - tail, axis=1)]
+    window = int(min(n_nodes, max(smallest_window, np.ceil(np.percentile(high - low, 99)) + 3)))
+    starts = np.clip(np.rint(0.5 * (low + high) - 0.5 * (window - 1)), 0, n_nodes - window).astype(np.int64)
+    return starts, window
 
 
 def _interpolated_statistics(statistics: CurveImageStatistics, substeps: int) -> tuple[np.ndarray, np.ndarray]:
     """<image, m(g)> and <m(g), m(g)> on the grid of `substeps` points per node interval, the image
     between nodes k and k + 1 taken as (1 − t) m_k + t m_{k+1}."""
     t = np.arange(substeps) / substeps  # (J,)
-    cross, energy, neighbour = statistics
+    cross, energy, neighbour = statistics.cross, statistics.energy, statistics.neighbour
     cross_grid = (1 - t) * cross[:, :-1, None] + t * cross[:, 1:, None]
     energy_grid = ((1 - t) ** 2 * energy[:, :-1, None] + 2 * t * (1 - t) * neighbour[..., None] + t**2 * energy[:, 1:, None])
     n = cross.shape[0]
@@ -207,11 +249,17 @@ def grid_log_likelihoods(
     quantiles = (np.arange(n_contrasts) + 0.5) / n_contrasts
     contrasts = np.exp(contrast_log_mean + contrast_log_std * scipy.stats.norm.ppf(quantiles))
     variance = noise_std**2
-    result = np.empty(cross.shape)
+    windowed = np.empty(cross.shape)
     for start in range(0, len(cross), 4096):  # (chunk, G, C) at a time
         c, e = cross[start : start + 4096, :, None], energy[start : start + 4096, :, None]
         terms = (contrasts * c - 0.5 * contrasts**2 * e) / variance
-        result[start : start + 4096] = scipy.special.logsumexp(terms, axis=-1) - np.log(n_contrasts)
+        windowed[start : start + 4096] = scipy.special.logsumexp(terms, axis=-1) - np.log(n_contrasts)
+    n_grid = (statistics.n_nodes - 1) * substeps + 1
+    if windowed.shape[1] == n_grid:
+        return windowed
+    result = np.full((len(windowed), n_grid), -np.inf)  # nothing outside each particle's window
+    columns = statistics.starts[:, None] * substeps + np.arange(windowed.shape[1])[None]
+    np.put_along_axis(result, columns, windowed, axis=1)
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 
 import jax
@@ -93,6 +94,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         node_responsibilities,
         path_population,
         path_posterior,
+        posterior_windows,
         principal_curve,
         refine_curve,
     )
@@ -124,9 +126,6 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         ctf = eqx.tree_at(lambda c: c.b_factor_in_angstroms_squared, ctf, ctf.b_factor_in_angstroms_squared + envelope)
         return render_images(image_model, atoms, rotations, shifts, ctf)
 
-    def render(atoms, batch):  # one structure for all the batch's particles
-        return render_each(jnp.broadcast_to(atoms, (batch["rotations"].shape[0], *atoms.shape)), batch)
-
     def batches():
         for count, batch in fitted.ordered():
             extra = {name: values[np.asarray(batch["indices"])].astype(np.float32) for name, values in corrections.items()}
@@ -152,9 +151,13 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
         return jax.vmap(one, in_axes=1, out_axes=1)(node_indices)
 
-    def posterior_on_curve(parameters):
+    def posterior_on_curve(parameters, windows=None):
+        print(f"path posterior: the images' likelihoods on the curve ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
         _, node_atoms = jax.jit(jax.vmap(functools.partial(decode, parameters)))(nodes_j)
-        statistics = curve_image_statistics(render, inverse_power, node_atoms, batches())
+        statistics = curve_image_statistics(
+            render_each, inverse_power, node_atoms, batches(), starts=None if windows is None else windows[0],
+            window=None if windows is None else windows[1],
+        )
         log_likelihood = grid_log_likelihoods(
             statistics, substeps=_PATH_SUBSTEPS, noise_std=noise_std, contrast_log_mean=contrast_log_mean,
             contrast_log_std=_CONTRAST_LOG_STD, n_contrasts=_CONTRASTS,
@@ -163,14 +166,17 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
     log_likelihood, population = posterior_on_curve(weights_of)
     losses = []
-    for _ in range(_CURVE_REFINEMENTS):
-        responsibilities = node_responsibilities(grid_posterior_weights(log_likelihood, population), len(nodes))
+    for round_ in range(_CURVE_REFINEMENTS):
+        print(f"path posterior: refining the curve, round {round_ + 1} of {_CURVE_REFINEMENTS} ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr)
+        weights = grid_posterior_weights(log_likelihood, population)
         weights_of, history = refine_curve(
-            weights_of, node_log_likelihoods, responsibilities, batches, n_epochs=_CURVE_EPOCHS,
+            weights_of, node_log_likelihoods, node_responsibilities(weights, len(nodes)), batches, n_epochs=_CURVE_EPOCHS,
             learning_rate=_CURVE_LEARNING_RATE,
         )
         losses.append(history)
-        log_likelihood, population = posterior_on_curve(weights_of)
+        # After the first pass each particle's posterior spans a few nodes: only those are rendered again.
+        log_likelihood, population = posterior_on_curve(weights_of, posterior_windows(weights, len(nodes), min(_PATH_WINDOW, len(nodes))))
     t = np.arange(_PATH_SUBSTEPS) / _PATH_SUBSTEPS
     grid = np.concatenate([(nodes[:-1, None] * (1 - t)[:, None] + nodes[1:, None] * t[:, None]).reshape(-1, nodes.shape[1]), nodes[-1:]])
     beads, _ = jax.jit(jax.vmap(functools.partial(decode, weights_of)))(jnp.asarray(grid, dtype=jnp.float32))
@@ -197,6 +203,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
 
 _PATH_SUBSTEPS = 8  # grid points per interval between the curve's nodes
+_PATH_WINDOW = 10  # at least this many nodes rendered per particle after the first pass (posterior_windows)
 _CONTRAST_LOG_STD = 0.5  # the contrast prior's (models' observe_images)
 _CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
 _CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve

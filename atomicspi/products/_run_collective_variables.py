@@ -15,6 +15,9 @@ Collective-variable specifications (indices 0-based):
 - `angle:I,J,K` — angle I–J–K in degrees, on `ensemble_samples.dcd`;
 - `rmsd:PATH` — Cα RMSD in Å (after optimal superposition) to the structure in PATH (read by
   mdtraj; Cα atoms matched in order), on `ensemble_samples.dcd`;
+- `path:0` — position in Å along the principal curve of a `deformation` run with `path_nodes`
+  (posterior variable `path_position_in_angstroms`: each particle's exact posterior along the curve);
+  the default where the posterior has it;
 - `motion:K` — position in Å along the population's principal motion K: the principal axes of the
   per-particle posterior-mean Cα displacements (`ensemble_mean.dcd`, pose frame) from the reference
   (`topology.pdb`); a draw's position is its Cα displacement projected on the axis over √(number of
@@ -41,7 +44,7 @@ __all__ = [
     "samples_layout",
 ]
 
-_POSTERIOR_KINDS = {"mode": "amplitudes", "latent": "z"}
+_POSTERIOR_KINDS = {"mode": "amplitudes", "latent": "z", "path": "path_position_in_angstroms"}
 _STRUCTURAL_KINDS = ("distance", "angle", "rmsd", "motion")
 
 
@@ -66,9 +69,12 @@ class RunCollectiveVariables:
 
 
 def default_collective_variable(output_dir: str | pathlib.Path) -> str:
-    """`motion:0` (position along the principal motion, Å) when the run wrote its ensembles; else
+    """`path:0` (position along the principal curve, Å) when the posterior has it (`path_nodes`);
+    else `motion:0` (position along the principal motion, Å) when the run wrote its ensembles; else
     `mode:0` when the posterior has `amplitudes`, else `pc:0` of the latent `z`."""
     output_dir = pathlib.Path(output_dir)
+    if (output_dir / "posterior.nc").is_file() and "path_position_in_angstroms" in _open_posterior(output_dir):
+        return "path:0"
     if all((output_dir / name).is_file() for name in ("topology.pdb", "ensemble_mean.dcd", "ensemble_samples.dcd")):
         return "motion:0"
     posterior = _open_posterior(output_dir)
@@ -129,12 +135,12 @@ def load_run_collective_variables(
 def _parse(specification: str):
     kind, separator, argument = specification.partition(":")
     if not separator or not argument:
-        raise InputError(f"--cv {specification!r}: expected KIND:ARGUMENT (mode:K, latent:K, pc:K, motion:K, distance:I,J, angle:I,J,K, rmsd:PATH)")
+        raise InputError(f"--cv {specification!r}: expected KIND:ARGUMENT (mode:K, latent:K, pc:K, path:0, motion:K, distance:I,J, angle:I,J,K, rmsd:PATH)")
     if kind == "rmsd":
         return kind, argument
-    expected = {"mode": 1, "latent": 1, "pc": 1, "motion": 1, "distance": 2, "angle": 3}.get(kind)
+    expected = {"mode": 1, "latent": 1, "pc": 1, "path": 1, "motion": 1, "distance": 2, "angle": 3}.get(kind)
     if expected is None:
-        raise InputError(f"--cv {specification!r}: unknown kind {kind!r} (mode, latent, pc, motion, distance, angle, rmsd)")
+        raise InputError(f"--cv {specification!r}: unknown kind {kind!r} (mode, latent, pc, path, motion, distance, angle, rmsd)")
     try:
         indices = [int(part) for part in argument.split(",")]
     except ValueError:
@@ -182,7 +188,7 @@ def _posterior_component(output_dir, specification, kind, argument):
     else:
         name = _POSTERIOR_KINDS[kind]
         values, unit = _per_particle(posterior, name, path, specification)
-        label = f"mode {component} amplitude" if kind == "mode" else f"latent z[{component}]"
+        label = {"mode": f"mode {component} amplitude", "latent": f"latent z[{component}]", "path": "position along the path"}[kind]
     if component >= values.shape[-1]:
         raise InputError(f"{path}: --cv {specification}: {name!r} has only {values.shape[-1]} components")
     return values[..., component], label, unit
