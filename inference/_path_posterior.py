@@ -249,16 +249,17 @@ def grid_log_likelihoods(
     quantiles = (np.arange(n_contrasts) + 0.5) / n_contrasts
     contrasts = np.exp(contrast_log_mean + contrast_log_std * scipy.stats.norm.ppf(quantiles))
     variance = noise_std**2
-    windowed = np.empty(cross.shape)
+    n_columns = int(cross.shape[-1])
+    windowed = np.empty((len(cross), n_columns))
     for start in range(0, len(cross), 4096):  # (chunk, G, C) at a time
         c, e = cross[start : start + 4096, :, None], energy[start : start + 4096, :, None]
         terms = (contrasts * c - 0.5 * contrasts**2 * e) / variance
         windowed[start : start + 4096] = scipy.special.logsumexp(terms, axis=-1) - np.log(n_contrasts)
     n_grid = (statistics.n_nodes - 1) * substeps + 1
-    if windowed.shape[1] == n_grid:
+    if n_columns == n_grid:
         return windowed
     result = np.full((len(windowed), n_grid), -np.inf)  # nothing outside each particle's window
-    columns = statistics.starts[:, None] * substeps + np.arange(windowed.shape[1])[None]
+    columns = statistics.starts[:, None] * substeps + np.arange(n_columns)[None]
     np.put_along_axis(result, columns, windowed, axis=1)
     return result
 
