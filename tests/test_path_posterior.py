@@ -159,8 +159,12 @@ def test_run_with_path_posterior_and_learned_envelope(tmp_path, example_structur
     assert np.all((positions >= 0.0) & (positions <= summary["length_in_angstroms"] + 1e-4))
     # Every draw's latent lies on the curve: it is the curve's latent at the draw's arc length.
     arc = np.asarray(summary["arc_length_in_angstroms"])
+    nodes = np.asarray(summary["node_latents"])
+    t = np.arange(summary["substeps"]) / summary["substeps"]
+    grid = np.concatenate([(nodes[:-1, None] * (1 - t)[:, None] + nodes[1:, None] * t[:, None]).reshape(-1, nodes.shape[1]), nodes[-1:]])
     z = posterior["z"].values[0]  # (draw, particle, latent)
-    assert z.shape[:2] == (6, n)
+    on_curve = np.stack([np.interp(positions, arc, grid[:, j]) for j in range(grid.shape[1])], axis=-1)
+    np.testing.assert_allclose(z, on_curve, atol=1e-4)
     star = starfile.read(output / "particles.star")["particles"]
     assert np.allclose(star["atomicspiPathPositionInAngstroms1"], positions.mean(axis=0), atol=1e-3)
     assert arc[-1] == pytest.approx(summary["length_in_angstroms"])

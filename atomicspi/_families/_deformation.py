@@ -188,6 +188,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     parameters = {**fitted.parameters, "decoder$params": weights_of}
     diagnostics = {
         "nodes": config.path_nodes,
+        "node_latents": nodes.tolist(),
         "substeps": _PATH_SUBSTEPS,
         "refinements": _CURVE_REFINEMENTS,
         "refinement_losses": losses,
