@@ -73,7 +73,7 @@ def default_collective_variable(output_dir: str | pathlib.Path) -> str:
     else `motion:0` (position along the principal motion, Å) when the run wrote its ensembles; else
     `mode:0` when the posterior has `amplitudes`, else `pc:0` of the latent `z`."""
     output_dir = pathlib.Path(output_dir)
-    if (output_dir / "posterior.nc").is_file() and "path_position_in_angstroms" in _open_posterior(output_dir):
+    if (output_dir / "posterior.nc").is_file() and "path_position_in_angstroms" in _posterior_variable_names(output_dir):
         return "path:0"
     if all((output_dir / name).is_file() for name in ("topology.pdb", "ensemble_mean.dcd", "ensemble_samples.dcd")):
         return "motion:0"
@@ -161,6 +161,18 @@ def _open_posterior(output_dir: pathlib.Path):
     try:
         with xarray.open_dataset(path, group="posterior", engine="h5netcdf") as dataset:
             return dataset.load()
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read the 'posterior' group ({str(error).splitlines()[0]})") from None
+
+
+def _posterior_variable_names(output_dir: pathlib.Path) -> set[str]:
+    """The names of posterior.nc's posterior variables, without reading their values."""
+    import xarray
+
+    path = output_dir / "posterior.nc"
+    try:
+        with xarray.open_dataset(path, group="posterior", engine="h5netcdf") as dataset:
+            return {str(name) for name in dataset.data_vars}
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: cannot read the 'posterior' group ({str(error).splitlines()[0]})") from None
 
