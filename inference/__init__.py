@@ -22,6 +22,8 @@ from ._optimizer import make_optimizer as make_optimizer
 from ._path_posterior import CurveImageStatistics as CurveImageStatistics
 from ._path_posterior import PathPosterior as PathPosterior
 from ._path_posterior import arc_lengths as arc_lengths
+from ._path_posterior import contrast_grid as contrast_grid
+from ._path_posterior import curve_grid as curve_grid
 from ._path_posterior import curve_image_statistics as curve_image_statistics
 from ._path_posterior import grid_log_likelihoods as grid_log_likelihoods
 from ._path_posterior import grid_posterior_weights as grid_posterior_weights
@@ -31,6 +33,7 @@ from ._path_posterior import path_posterior as path_posterior
 from ._path_posterior import posterior_windows as posterior_windows
 from ._path_posterior import principal_curve as principal_curve
 from ._path_posterior import refine_curve as refine_curve
+from ._path_posterior import weighted_inner_product as weighted_inner_product
 from ._pose_search import FourierVolume as FourierVolume
 from ._pose_search import PoseSearchResult as PoseSearchResult
 from ._pose_search import make_fourier_volume as make_fourier_volume

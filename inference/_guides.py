@@ -125,6 +125,8 @@ class AmortizedGuide:
             if site.covariance not in ("low_rank", "diagonal"):
                 raise ValueError(f"local site {name!r}: unknown covariance {site.covariance!r}")
         self.global_sites = dict(global_sites or {})
+        if options.envelope_prior_in_angstroms_squared is not None:  # every model's, with `learn_envelope`
+            self.global_sites["envelope_b_factor"] = GlobalSite((), initial_scale=1.0, unit=_ENVELOPE_UNIT)
         self.rank = rank
         self.local_sizes: dict[str, int] = {}
         for name, site in self.sites.items():
@@ -147,10 +149,6 @@ class AmortizedGuide:
             loc = numpyro.param(f"{name}_loc", jnp.log(guess))
             scale = numpyro.param(f"{name}_scale", 0.1, constraint=constraints.positive)
             numpyro.sample(name, dist.LogNormal(loc, scale))
-        if options.envelope_prior_in_angstroms_squared is not None:  # Å²: Adam moves it by ~ unit × learning rate
-            loc = numpyro.param("envelope_b_factor_loc", 0.0)
-            scale = numpyro.param("envelope_b_factor_scale", 1.0 / _ENVELOPE_UNIT, constraint=constraints.positive)
-            numpyro.sample("envelope_b_factor", dist.Normal(_ENVELOPE_UNIT * loc, _ENVELOPE_UNIT * scale))
         for name, site in self.global_sites.items():
             loc = numpyro.param(f"{name}_loc", jnp.zeros(site.shape))
             scale = numpyro.param(

@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 import scipy.stats
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray
 
 __all__ = [
-    "CurveImageStatistics", "PathPosterior", "arc_lengths", "curve_image_statistics", "grid_log_likelihoods",
-    "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior", "posterior_windows",
-    "principal_curve", "refine_curve",
+    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_grid", "curve_image_statistics",
+    "grid_log_likelihoods", "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior",
+    "posterior_windows", "principal_curve", "refine_curve", "weighted_inner_product",
 ]
 
 
@@ -118,6 +118,31 @@ def principal_curve(
     return nodes
 
 
+def curve_grid(nodes: Float[np.ndarray, "n_nodes d"], substeps: int) -> Float[np.ndarray, "n_grid d"]:
+    """The grid along the polyline through `nodes`: `substeps` points per interval, from each node
+    towards the next, then the last node ((K − 1)·substeps + 1 points)."""
+    nodes = np.asarray(nodes)
+    t = np.arange(substeps) / substeps
+    inner = nodes[:-1, None] * (1 - t)[:, None] + nodes[1:, None] * t[:, None]  # (K − 1, substeps, d)
+    return np.concatenate([inner.reshape(-1, nodes.shape[1]), nodes[-1:]])
+
+
+def contrast_grid(contrast_log_mean: float, contrast_log_std: float, n_contrasts: int) -> Float[np.ndarray, " n_contrasts"]:
+    """Equal-mass grid of the contrast prior LogNormal(contrast_log_mean, contrast_log_std²): the
+    midpoints of `n_contrasts` equal quantile bins."""
+    quantiles = (np.arange(n_contrasts) + 0.5) / n_contrasts
+    return np.exp(contrast_log_mean + contrast_log_std * scipy.stats.norm.ppf(quantiles))
+
+
+def weighted_inner_product(
+    weights: Float[Array, "*#batch y x_half"], a: Complex[Array, "*#batch y x_half"], b: Complex[Array, "*#batch y x_half"]
+) -> Float[Array, "*#batch"]:
+    """`Σ_k W(k) Re(a(k) b*(k))` over the rfft2 grid: the likelihood's inner product of two
+    images' transforms under the inverse noise power `W` (`inverse_noise_power`; leading axes
+    broadcast, e.g. one `W` for a batch of images)."""
+    return jnp.sum(weights * (a.real * b.real + a.imag * b.imag), axis=(-2, -1))
+
+
 class CurveImageStatistics(NamedTuple):
     """Per particle and node k, the noise-weighted inner products of the Gaussian likelihood
     (`<a, b> = Σ_k W(k) Re(â(k) b̂*(k))`, `W` the inverse noise power per `noise_std²`):
@@ -172,7 +197,7 @@ def curve_image_statistics(
         weights = inverse_noise_power(batch)
 
         def inner(a, b):
-            return jnp.sum(weights * (a.real * b.real + a.imag * b.imag), axis=(-2, -1))
+            return weighted_inner_product(weights, a, b)
 
         first = jnp.fft.rfft2(render(nodes[first_nodes], batch))
 
@@ -246,8 +271,7 @@ def grid_log_likelihoods(
     contrast_log_std²) marginalised on an equal-mass grid of `n_contrasts` points:
     log p = logsumexp_c [(c <y, m> − c² <m, m> / 2) / σ²] − log n_contrasts."""
     cross, energy = _interpolated_statistics(statistics, substeps)
-    quantiles = (np.arange(n_contrasts) + 0.5) / n_contrasts
-    contrasts = np.exp(contrast_log_mean + contrast_log_std * scipy.stats.norm.ppf(quantiles))
+    contrasts = contrast_grid(contrast_log_mean, contrast_log_std, n_contrasts)
     variance = noise_std**2
     n_columns = int(cross.shape[-1])
     windowed = np.empty((len(cross), n_columns))
@@ -264,19 +288,14 @@ def grid_log_likelihoods(
     return result
 
 
-def _posterior_weights(log_likelihood: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
-    """Each particle's posterior weights on the grid `(n, G)` under the prior `exp(log_prior)`."""
-    log_posterior = log_likelihood + log_prior[None]
-    log_posterior -= log_posterior.max(axis=1, keepdims=True)
-    weights = np.exp(log_posterior)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
 def grid_posterior_weights(
     log_likelihood: Float[np.ndarray, "n n_grid"], population: Float[np.ndarray, " n_grid"]
 ) -> Float[np.ndarray, "n n_grid"]:
     """Each particle's posterior weights on the grid under the prior `population`."""
-    return _posterior_weights(log_likelihood, np.log(np.asarray(population) + 1e-300))
+    log_posterior = log_likelihood + np.log(np.asarray(population) + 1e-300)[None]
+    log_posterior -= log_posterior.max(axis=1, keepdims=True)
+    weights = np.exp(log_posterior)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def path_population(
@@ -297,7 +316,7 @@ def path_population(
     kernel /= kernel.sum(axis=0, keepdims=True)  # columns sum to one: mass is kept
     population = np.full(n_grid, 1.0 / n_grid)
     for _ in range(iterations):
-        population = kernel @ _posterior_weights(log_likelihood, np.log(population + 1e-300)).mean(axis=0)
+        population = kernel @ grid_posterior_weights(log_likelihood, population).mean(axis=0)
         population /= population.sum()
     return population
 
@@ -341,13 +360,10 @@ def path_posterior(
 
     **Returns:** `PathPosterior`."""
     n, n_grid = log_likelihood.shape
-    substeps = (n_grid - 1) // (len(nodes) - 1)
-    t = np.arange(substeps) / substeps
-    grid = np.concatenate([((1 - t)[:, None, None] * nodes[None, :-1] + t[:, None, None] * nodes[None, 1:]).transpose(1, 0, 2)
-                           .reshape(-1, nodes.shape[1]), nodes[-1:]])
+    grid = curve_grid(nodes, (n_grid - 1) // (len(nodes) - 1))
     if population is None:
         population = path_population(log_likelihood)
-    weights = _posterior_weights(log_likelihood, np.log(population + 1e-300))
+    weights = grid_posterior_weights(log_likelihood, population)
     arc = np.asarray(arc_length_in_angstroms, dtype=np.float64)
     mean = weights @ arc
     cdf = np.cumsum(weights, axis=1)
@@ -360,8 +376,7 @@ def path_posterior(
     uniform = np.asarray(jax.random.uniform(key, (n, n_samples)), dtype=np.float64)
     positions = np.stack([np.interp(u, np.concatenate([[0.0], row]), np.concatenate([[arc[0]], cell_ends]))
                           for u, row in zip(uniform, cdf)])
-    grid_arc = arc
-    draw_latents = np.stack([np.interp(positions, grid_arc, grid[:, j]) for j in range(grid.shape[1])], axis=-1)
+    draw_latents = np.stack([np.interp(positions, arc, grid[:, j]) for j in range(grid.shape[1])], axis=-1)
     return PathPosterior(nodes, grid, arc, population, mean, low, high, positions, draw_latents)
 
 
@@ -369,11 +384,6 @@ def arc_lengths(bead_positions: Float[np.ndarray, "n_grid n_beads 3"]) -> Float[
     """Cumulative root-mean-square bead displacement between consecutive structures, in Å."""
     steps = np.sqrt(np.mean(np.sum(np.diff(np.asarray(bead_positions, dtype=np.float64), axis=0) ** 2, axis=-1), axis=-1))
     return np.concatenate([[0.0], np.cumsum(steps)])
-
-
-def grid_indices(n_nodes: int, substeps: int) -> Int[np.ndarray, " n_grid"]:
-    """Grid index → the node interval it lies in (the last grid point in the last interval)."""
-    return np.minimum(np.arange((n_nodes - 1) * substeps + 1) // substeps, n_nodes - 2)
 
 
 def node_responsibilities(weights: Float[np.ndarray, "n n_grid"], n_nodes: int) -> Float[np.ndarray, "n n_nodes"]:

@@ -26,6 +26,7 @@ from ._likelihood import inverse_noise_power as inverse_noise_power
 from ._likelihood import noise_power_on_grid as noise_power_on_grid
 from ._likelihood import render_images as render_images
 from ._likelihood import sample_envelope as sample_envelope
+from ._likelihood import with_envelope as with_envelope
 from ._nma import nma as nma
 from ._nma import nma_positions as nma_positions
 

@@ -15,6 +15,7 @@ from ._context import ModelContext
 
 __all__ = [
     "StationaryGaussianImages", "image_model_of", "inverse_noise_power", "noise_power_on_grid", "observe_images", "render_images", "sample_envelope", "sample_globals",
+    "with_envelope",
     "sample_pose_corrections",
 ]
 
@@ -49,10 +50,17 @@ def sample_envelope(context: ModelContext, ctf: CTFParameters) -> CTFParameters:
     prior = context.options.envelope_prior_in_angstroms_squared
     if prior is None:
         return ctf
+    return with_envelope(ctf, numpyro.sample("envelope_b_factor", dist.Normal(0.0, prior)))
+
+
+def with_envelope(ctf: CTFParameters, envelope_b_factor_in_angstroms_squared: float | Float[Array, ""]) -> CTFParameters:
+    """The CTF with an envelope exp(−B |k|²/4) of `B` Å² more, shared by every image (added to each
+    particle's CTF B-factor)."""
     import equinox as eqx
 
-    envelope = numpyro.sample("envelope_b_factor", dist.Normal(0.0, prior))
-    return eqx.tree_at(lambda c: c.b_factor_in_angstroms_squared, ctf, ctf.b_factor_in_angstroms_squared + envelope)
+    return eqx.tree_at(
+        lambda c: c.b_factor_in_angstroms_squared, ctf, ctf.b_factor_in_angstroms_squared + envelope_b_factor_in_angstroms_squared
+    )
 
 
 def sample_pose_corrections(

@@ -11,6 +11,7 @@ import scipy.stats
 
 from atomicspi.inference import (
     CurveImageStatistics,
+    curve_grid,
     curve_image_statistics,
     grid_log_likelihoods,
     grid_posterior_weights,
@@ -160,8 +161,7 @@ def test_run_with_path_posterior_and_learned_envelope(tmp_path, example_structur
     # Every draw's latent lies on the curve: it is the curve's latent at the draw's arc length.
     arc = np.asarray(summary["arc_length_in_angstroms"])
     nodes = np.asarray(summary["node_latents"])
-    t = np.arange(summary["substeps"]) / summary["substeps"]
-    grid = np.concatenate([(nodes[:-1, None] * (1 - t)[:, None] + nodes[1:, None] * t[:, None]).reshape(-1, nodes.shape[1]), nodes[-1:]])
+    grid = curve_grid(nodes, summary["substeps"])
     z = posterior["z"].values[0]  # (draw, particle, latent)
     on_curve = np.stack([np.interp(positions, arc, grid[:, j]) for j in range(grid.shape[1])], axis=-1)
     np.testing.assert_allclose(z, on_curve, atol=1e-4)

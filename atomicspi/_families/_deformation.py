@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 
@@ -84,10 +83,11 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     (`atomicspi.inference.refine_curve`): its draws replace the guide's z, `path_position_in_angstroms`
     (the position along the curve) joins the local draws, and the refined decoder the parameters."""
     import equinox as eqx
-    import scipy.stats
 
     from atomicspi.inference import (
         arc_lengths,
+        contrast_grid,
+        curve_grid,
         curve_image_statistics,
         grid_log_likelihoods,
         grid_posterior_weights,
@@ -97,9 +97,10 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         posterior_windows,
         principal_curve,
         refine_curve,
+        weighted_inner_product,
     )
     from atomicspi.microscope import axis_angle_to_matrix
-    from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images
+    from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images, with_envelope
 
     started = time.perf_counter()
     context = fitted.model_arguments["context"]
@@ -117,14 +118,15 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     def decode(parameters, z):
         return decoded_structure(context, eqx.combine(parameters, static), z)
 
+    decode_many = jax.vmap(decode, in_axes=(None, 0))  # (parameters, latents (m, d)) → beads, atoms (m, ...)
+    decode_many_jit = jax.jit(decode_many)
+
     def render_each(atoms, batch):  # (B, n_atoms, 3): one structure per particle
         rotations, shifts = batch["rotations"], batch["shifts_in_angstroms"]
         if corrections:  # the posterior-mean pose corrections of `poses: infer` / `search`
             rotations = jax.vmap(axis_angle_to_matrix)(batch["rotation_correction"]) @ rotations
             shifts = shifts + batch["shift_correction"]
-        ctf = ctf_parameters(batch)
-        ctf = eqx.tree_at(lambda c: c.b_factor_in_angstroms_squared, ctf, ctf.b_factor_in_angstroms_squared + envelope)
-        return render_images(image_model, atoms, rotations, shifts, ctf)
+        return render_images(image_model, atoms, rotations, shifts, with_envelope(ctf_parameters(batch), envelope))
 
     def batches():
         for count, batch in fitted.ordered():
@@ -134,18 +136,17 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     def inverse_power(batch):
         return inverse_noise_power(context, box_size, batch["indices"])
 
-    contrast_quantiles = (np.arange(_CONTRASTS) + 0.5) / _CONTRASTS
-    contrasts = jnp.asarray(np.exp(contrast_log_mean + _CONTRAST_LOG_STD * scipy.stats.norm.ppf(contrast_quantiles)), dtype=jnp.float32)
+    contrasts = jnp.asarray(contrast_grid(contrast_log_mean, _CONTRAST_LOG_STD, _CONTRASTS), dtype=jnp.float32)
 
     def node_log_likelihoods(parameters, batch, node_indices):
         images = jnp.fft.rfft2(batch["images"])
         weights = inverse_power(batch)
 
         def one(column):
-            _, atoms = jax.vmap(functools.partial(decode, parameters))(nodes_j[column])  # (B, n_atoms, 3)
+            _, atoms = decode_many(parameters, nodes_j[column])  # (B, n_atoms, 3)
             rendered = jnp.fft.rfft2(render_each(atoms, batch))
-            cross = jnp.sum(weights * (images.real * rendered.real + images.imag * rendered.imag), axis=(-2, -1))
-            energy = jnp.sum(weights * (rendered.real**2 + rendered.imag**2), axis=(-2, -1))
+            cross = weighted_inner_product(weights, images, rendered)
+            energy = weighted_inner_product(weights, rendered, rendered)
             terms = (contrasts * cross[:, None] - 0.5 * contrasts**2 * energy[:, None]) / noise_std**2
             return jax.scipy.special.logsumexp(terms, axis=-1)
 
@@ -153,7 +154,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
     def posterior_on_curve(parameters, windows=None):
         print(f"path posterior: the images' likelihoods on the curve ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-        _, node_atoms = jax.jit(jax.vmap(functools.partial(decode, parameters)))(nodes_j)
+        _, node_atoms = decode_many_jit(parameters, nodes_j)
         statistics = curve_image_statistics(
             render_each, inverse_power, node_atoms, batches(), starts=None if windows is None else windows[0],
             window=None if windows is None else windows[1],
@@ -177,9 +178,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         losses.append(history)
         # After the first pass each particle's posterior spans a few nodes: only those are rendered again.
         log_likelihood, population = posterior_on_curve(weights_of, posterior_windows(weights, len(nodes), min(_PATH_WINDOW, len(nodes))))
-    t = np.arange(_PATH_SUBSTEPS) / _PATH_SUBSTEPS
-    grid = np.concatenate([(nodes[:-1, None] * (1 - t)[:, None] + nodes[1:, None] * t[:, None]).reshape(-1, nodes.shape[1]), nodes[-1:]])
-    beads, _ = jax.jit(jax.vmap(functools.partial(decode, weights_of)))(jnp.asarray(grid, dtype=jnp.float32))
+    beads, _ = decode_many_jit(weights_of, jnp.asarray(curve_grid(nodes, _PATH_SUBSTEPS), dtype=jnp.float32))
     arc = arc_lengths(np.asarray(beads) + np.asarray(context.bead_positions_in_angstroms)[None])
     samples_per_particle = local["z"].shape[1]
     result = path_posterior(log_likelihood, nodes, arc, samples_per_particle, key=key, population=population)
