@@ -239,7 +239,7 @@ def write_simulated_dataset(
 
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    structure.to_mdtraj().save_pdb(str(folder / "reference.pdb"))
+    structure.save_pdb(folder / "reference.pdb")
     write_particles_star(
         folder / "particles.star", particles.images, folder / "particles.mrcs", particles.pixel_size_in_angstroms,
         ctf=particles.ctf, rotations=particles.rotations, shifts_in_angstroms=particles.shifts_in_angstroms,

@@ -23,6 +23,7 @@ from ._path_posterior import CurveImageStatistics as CurveImageStatistics
 from ._path_posterior import PathPosterior as PathPosterior
 from ._path_posterior import arc_lengths as arc_lengths
 from ._path_posterior import contrast_grid as contrast_grid
+from ._path_posterior import curve_explained_variance as curve_explained_variance
 from ._path_posterior import curve_grid as curve_grid
 from ._path_posterior import curve_image_statistics as curve_image_statistics
 from ._path_posterior import grid_log_likelihoods as grid_log_likelihoods

@@ -33,7 +33,7 @@ import scipy.stats
 from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray
 
 __all__ = [
-    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_grid", "curve_image_statistics",
+    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_explained_variance", "curve_grid", "curve_image_statistics",
     "grid_log_likelihoods", "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior",
     "posterior_windows", "principal_curve", "refine_curve", "weighted_inner_product",
 ]
@@ -116,6 +116,18 @@ def principal_curve(
     if (nodes[-1] - nodes[0]) @ axis < 0:
         nodes = nodes[::-1]
     return nodes
+
+
+def curve_explained_variance(points: Float[np.ndarray, "n d"], nodes: Float[np.ndarray, "n_nodes d"]) -> float:
+    """Share of the points' variance that the curve explains: 1 − (mean squared distance of each
+    point to the curve) / (mean squared distance to the points' mean). Near 1 for a cloud about a
+    one-dimensional motion; a motion with two independent directions of similar size gives about
+    one half.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    _, distances = _project_on_polyline(points, np.asarray(nodes, dtype=np.float64))
+    total = float(np.mean(np.sum((points - points.mean(axis=0)) ** 2, axis=1)))
+    return float(1.0 - np.mean(distances) / max(total, 1e-300))
 
 
 def curve_grid(nodes: Float[np.ndarray, "n_nodes d"], substeps: int) -> Float[np.ndarray, "n_grid d"]:

@@ -27,6 +27,20 @@ def test_positions_b_factors_and_elements_match_the_file(example_structure_path)
     assert set(np.unique(model.atomic_numbers)) == {1, 6, 7, 8, 16}
 
 
+def test_save_pdb_keeps_b_factors_mdtraj_would_drop_or_refuse(example_structure_path, tmp_path):
+    """`AtomicModel.save_pdb` round-trips positions, elements and B-factors, including the
+    crystal B-factors of 100 Å² or more that mdtraj's writer refuses (4AKE has them)."""
+    model = load_structure(example_structure_path)
+    assert model.b_factors_in_angstroms_squared.max() >= 100.0
+    model.save_pdb(tmp_path / "saved.pdb")
+    rows = [line for line in (tmp_path / "saved.pdb").read_text().splitlines() if line.startswith(("ATOM", "HETATM"))]
+    np.testing.assert_allclose([float(r[60:66]) for r in rows], model.b_factors_in_angstroms_squared, atol=5e-3)
+    again = load_structure(tmp_path / "saved.pdb")
+    np.testing.assert_allclose(again.b_factors_in_angstroms_squared, model.b_factors_in_angstroms_squared, atol=5e-3)
+    np.testing.assert_allclose(again.positions_in_angstroms, model.positions_in_angstroms, atol=2e-3)
+    np.testing.assert_array_equal(again.atomic_numbers, model.atomic_numbers)
+
+
 def test_selections(example_structure_path):
     model = load_structure(example_structure_path)
     ca = model.calpha()

@@ -87,6 +87,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     from atomicspi.inference import (
         arc_lengths,
         contrast_grid,
+        curve_explained_variance,
         curve_grid,
         curve_image_statistics,
         grid_log_likelihoods,
@@ -103,11 +104,17 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images, with_envelope
 
     started = time.perf_counter()
+    means = np.asarray(local["z"], dtype=np.float64).mean(axis=1)
+    nodes = principal_curve(means, config.path_nodes, extension=_CURVE_EXTENSION)
+    explained = curve_explained_variance(means, nodes)
+    if explained < _PATH_EXPLAINED_VARIANCE_WARNING:
+        print(f"path posterior: warning: the principal curve explains only {explained:.2f} of the latent means' variance; "
+              "if the particles move in more than one independent way, set path_nodes: 0 to keep the guide's latent draws",
+              file=sys.stderr)
     context = fitted.model_arguments["context"]
     weights_of, static = eqx.partition(_fitted_decoder(fitted), eqx.is_inexact_array)
     image_model = image_model_of(context)
     box_size = image_model.box_size
-    nodes = principal_curve(np.asarray(local["z"], dtype=np.float64).mean(axis=1), config.path_nodes)
     nodes_j = jnp.asarray(nodes, dtype=jnp.float32)
     corrections = {name: np.asarray(local[name]).mean(axis=1) for name in ("rotation_correction", "shift_correction") if name in local}
     noise_std = float(np.median(np.asarray(global_["noise_std"]))) if "noise_std" in global_ else context.options.noise_std_guess
@@ -152,8 +159,14 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
         return jax.vmap(one, in_axes=1, out_axes=1)(node_indices)
 
+    stage_seconds: list[tuple[str, float]] = []  # (stage, seconds it took)
+
+    def timed(stage, begun):
+        stage_seconds.append((stage, round(time.perf_counter() - begun, 1)))
+
     def posterior_on_curve(parameters, windows=None):
         print(f"path posterior: the images' likelihoods on the curve ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        begun = time.perf_counter()
         _, node_atoms = decode_many_jit(parameters, nodes_j)
         statistics = curve_image_statistics(
             render_each, inverse_power, node_atoms, batches(), starts=None if windows is None else windows[0],
@@ -163,18 +176,22 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
             statistics, substeps=_PATH_SUBSTEPS, noise_std=noise_std, contrast_log_mean=contrast_log_mean,
             contrast_log_std=_CONTRAST_LOG_STD, n_contrasts=_CONTRASTS,
         )
-        return log_likelihood, path_population(log_likelihood)
+        population = path_population(log_likelihood)
+        timed(f"likelihoods on {statistics.cross.shape[1]} nodes per particle", begun)
+        return log_likelihood, population
 
     log_likelihood, population = posterior_on_curve(weights_of)
     losses = []
     for round_ in range(_CURVE_REFINEMENTS):
         print(f"path posterior: refining the curve, round {round_ + 1} of {_CURVE_REFINEMENTS} ({time.perf_counter() - started:.0f} s)",
               file=sys.stderr)
+        begun = time.perf_counter()
         weights = grid_posterior_weights(log_likelihood, population)
         weights_of, history = refine_curve(
             weights_of, node_log_likelihoods, node_responsibilities(weights, len(nodes)), batches, n_epochs=_CURVE_EPOCHS,
             learning_rate=_CURVE_LEARNING_RATE,
         )
+        timed(f"refinement round {round_ + 1}", begun)
         losses.append(history)
         # After the first pass each particle's posterior spans a few nodes: only those are rendered again.
         log_likelihood, population = posterior_on_curve(weights_of, posterior_windows(weights, len(nodes), min(_PATH_WINDOW, len(nodes))))
@@ -187,6 +204,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     parameters = {**fitted.parameters, "decoder$params": weights_of}
     diagnostics = {
         "nodes": config.path_nodes,
+        "explained_variance": explained,
         "node_latents": nodes.tolist(),
         "substeps": _PATH_SUBSTEPS,
         "refinements": _CURVE_REFINEMENTS,
@@ -197,16 +215,19 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         "population": result.population.tolist(),
         "arc_length_in_angstroms": arc.tolist(),
         "median_interval_width_in_angstroms": float(np.median(result.high_in_angstroms - result.low_in_angstroms)),
+        "stage_seconds": stage_seconds,
         "seconds": time.perf_counter() - started,
     }
     return local, diagnostics, fitted._replace(parameters=parameters)
 
 
+_PATH_EXPLAINED_VARIANCE_WARNING = 0.6  # under this share of the latent means' variance, a warning (0.81-0.82 on the one-dimensional benchmark motions)
+_CURVE_EXTENSION = 0.25  # the curve runs on past the extreme latent means by this share of its length at each end (0.1: the path ends were cut off, bench/RESULTS.md)
 _PATH_SUBSTEPS = 8  # grid points per interval between the curve's nodes
 _PATH_WINDOW = 10  # at least this many nodes rendered per particle after the first pass (posterior_windows)
 _CONTRAST_LOG_STD = 0.5  # the contrast prior's (models' observe_images)
 _CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
-_CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve
+_CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve (the second: coverage +0.02 on both benchmarks)
 _CURVE_EPOCHS = 3  # passes over the particles per round
 _CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
 

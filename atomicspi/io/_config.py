@@ -80,19 +80,23 @@ class DatasetConfig:
       means) where the model's posterior is higher there, then refine it
       (`atomicspi.inference.relocated_modes`): a unimodal q fitted by local steps can stay in the
       wrong state's basin.
-    - `path_nodes` (0 = off): with `model: deformation`, after training, replace each particle's
-      draws by its exact posterior along the principal curve of the latent means
+    - `path_nodes` (32; 0 = off): with `model: deformation`, after training, replace each
+      particle's draws by its exact posterior along the principal curve of the latent means
       (`atomicspi.inference.path_posterior`): the curve's `path_nodes` structures are rendered at
-      every particle's pose, and the position along it (in Å of bead displacement) is computed on a
+      every particle's pose, the position along it (in Å of bead displacement) is computed on a
       grid with the contrast marginalised and the population along the curve estimated from all
-      particles. For one-dimensional motions (closed ↔ open); costs `path_nodes` renders per particle.
-    - `learn_envelope` (false): every model learns the images' envelope B-factor (Å², the global
+      particles, and the decoder is refined along the curve by two rounds of EM. The curve is the
+      principal motion: where the particles move in more than one independent way, set 0 to keep
+      the guide's latent draws (run.json's `path_posterior.explained_variance` is the share of the
+      latent means' variance the curve explains, 0.81-0.82 on the one-dimensional benchmark
+      motions; under 0.6 a warning is printed). Costs about `path_nodes` + 40 forward renders and
+      18 renders with gradients per particle (≈ 10 of the 31 min of the issue-19 aanm run).
+    - `learn_envelope` (true): every model learns the images' envelope B-factor (Å², the global
       `envelope_b_factor`, prior N(0, 50²)) beyond the reference's atomic B-factors: the data's
       high-frequency falloff is rarely the reference's (a model without B-factors, or crystal ones,
       against images blurred by drift and the particles' own motion), and images rendered too sharp
-      make the posteriors too narrow (issue 19, bench/RESULTS.md: with `path_nodes` on the hinge
-      benchmark, Spearman 0.941 → 0.963, coverage 0.75 → 0.82). Off by default until the other
-      generator is measured; false: the reference's B-factors as they are.
+      make the posteriors too narrow (issue 19, bench/RESULTS.md). False: the reference's
+      B-factors as they are.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
@@ -160,8 +164,8 @@ class DatasetConfig:
     spring_yield_in_angstroms: float | None = 1.0
     importance_proposals: int | None = None
     mode_candidates: int = 8
-    path_nodes: int = 0
-    learn_envelope: bool = False
+    path_nodes: int = 32
+    learn_envelope: bool = True
     decoder_beads_per_block: int = 12
     particle_fluctuation_in_angstroms: float | None = None
     likelihood_resolution_in_angstroms: float | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import re
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,20 @@ class AtomicModel:
         xyz = self.positions_in_angstroms if positions_in_angstroms is None else positions_in_angstroms
         xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, self.n_atoms, 3) / 10.0
         return mdtraj.Trajectory(xyz, self.topology)
+
+    def save_pdb(self, path: str | os.PathLike) -> None:
+        """Write a PDB file with the B-factors (`load_structure` reads them back).
+
+        mdtraj writes the atoms but refuses B-factors of 100 Å² or more (crystal structures have
+        them), so its file is written first and the B-factor columns (61-66) are filled in after.
+        """
+        self.to_mdtraj().save_pdb(str(path))
+        values = iter(np.clip(self.b_factors_in_angstroms_squared, -99.99, 999.99))
+        lines = pathlib.Path(path).read_text().splitlines(keepends=True)
+        for index, line in enumerate(lines):
+            if line.startswith(("ATOM  ", "HETATM")):
+                lines[index] = f"{line[:60].ljust(60)}{next(values):6.2f}{line[66:]}"
+        pathlib.Path(path).write_text("".join(lines))
 
 
 def _element_number(atom) -> int:

@@ -1,0 +1,50 @@
+"""The curve posterior's cost against its accuracy: rerun only the posterior pass of a finished
+`deformation` fit (its checkpoint, through `--resume`) with other schedules of the path pass
+(`atomicspi/_families/_deformation.py`: its refinement rounds, how far the curve runs past the means), each in a copy
+of the output folder, then score with `bench/adk_paths.py --evaluate`.
+
+    python bench/path_pass_variants.py --folder /tmp/bench/aanm --variant one_round
+    python bench/adk_paths.py --evaluate /tmp/bench/aanm/output_one_round --folder /tmp/bench/aanm
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+
+VARIANTS = {
+    "two_rounds": {"_CURVE_REFINEMENTS": 2},
+    "one_round": {"_CURVE_REFINEMENTS": 1},
+    "no_refinement": {"_CURVE_REFINEMENTS": 0},
+    "one_round_longer_curve": {"_CURVE_REFINEMENTS": 1, "_CURVE_EXTENSION": 0.25},
+    "two_rounds_longer_curve": {"_CURVE_REFINEMENTS": 2, "_CURVE_EXTENSION": 0.25},
+}
+
+
+def main() -> None:
+    import yaml
+
+    import atomicspi._families._deformation as deformation
+    from atomicspi.infer import main as infer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", type=pathlib.Path, required=True, help="the dataset folder (dataset.yaml, output/)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    arguments = parser.parse_args()
+    for name, value in VARIANTS[arguments.variant].items():
+        setattr(deformation, name, value)
+    config = yaml.safe_load((arguments.folder / "dataset.yaml").read_text())
+    source = arguments.folder / config.get("output", "output")
+    target = arguments.folder / f"output_{arguments.variant}"
+    target.mkdir(exist_ok=True)
+    for checkpoint in ("checkpoint.json", "checkpoint.npz"):
+        shutil.copy2(source / checkpoint, target / checkpoint)
+    config["output"] = target.name
+    yaml_path = arguments.folder / f"dataset_{arguments.variant}.yaml"
+    yaml_path.write_text(yaml.safe_dump(config))
+    raise SystemExit(infer([str(yaml_path), "--resume"]))
+
+
+if __name__ == "__main__":
+    main()
