@@ -121,8 +121,8 @@ def principal_curve(
 def curve_explained_variance(points: Float[np.ndarray, "n d"], nodes: Float[np.ndarray, "n_nodes d"]) -> float:
     """Share of the points' variance that the curve explains: 1 − (mean squared distance of each
     point to the curve) / (mean squared distance to the points' mean). Near 1 for a cloud about a
-    one-dimensional motion; a motion with two independent directions of similar size gives about
-    one half.
+    one-dimensional motion, but not a test of one-dimensionality: a curve of 32 nodes snakes
+    through a uniform square and explains 0.92 of it.
     """
     points = np.asarray(points, dtype=np.float64)
     _, distances = _project_on_polyline(points, np.asarray(nodes, dtype=np.float64))

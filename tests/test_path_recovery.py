@@ -5,7 +5,7 @@ variation, fitted with `model: deformation`, no domains in the yaml and the defa
 learned envelope and the exact posterior along the principal curve included). The fit must order the
 particles along the path, find the minor state's population, move the open particles towards the
 truth, carry information in its latent, and give 90 % intervals that cover the truth about 90 % of
-the time (0.879 here; 0.69-0.77 before the envelope and the curve posterior, bench/RESULTS.md)."""
+the time (0.863-0.895 here; 0.69-0.77 before the envelope and the curve posterior, bench/RESULTS.md)."""
 
 import dataclasses
 import json
