@@ -20,6 +20,7 @@ between nodes). `path_positions_of` reads a structure's path position back off t
 from __future__ import annotations
 
 import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse
@@ -31,6 +32,7 @@ __all__ = [
     "adaptive_anm_path",
     "hinge_path",
     "path_positions_of",
+    "small_hinge_stack",
     "two_state_path_positions",
 ]
 
@@ -567,3 +569,44 @@ def two_state_path_positions(
     lower, upper = (0.0 - means) / standard_deviation, (1.0 - means) / standard_deviation
     s = scipy.stats.truncnorm.rvs(lower, upper, loc=means, scale=standard_deviation, size=n, random_state=rng)
     return np.asarray(s, dtype=float), states
+
+
+class SmallHingeStack(NamedTuple):
+    """`small_hinge_stack`'s particles and their truth."""
+
+    closed: Any  # the reference, Cα AtomicModel centred on its mean
+    particles: Any  # SimulatedParticles: images with contrast variation and noise
+    path_positions: np.ndarray  # (n,) true path positions
+    states: np.ndarray  # (n,) 0 major, 1 minor
+    calpha_positions_in_angstroms: np.ndarray  # (n, n_residues, 3) true structures
+    path_calpha_nodes: np.ndarray  # (101, n_residues, 3) the path at evenly spaced positions
+
+
+def small_hinge_stack(
+    closed_path, open_path, domains, *, n: int = 256, box_size: int = 24, pixel_size_in_angstroms: float = 4.0,
+    snr: float = 1.0, minor_fraction: float = 0.25, contrast_log_std: float = 0.2, seed: int = 11,
+) -> SmallHingeStack:
+    """The CI-sized version of the issue-19 benchmark (`tests/test_path_recovery.py`,
+    `bench/ci_hinge_ablation.py`): Cα adenylate kinase along `hinge_path`, a two-state population
+    (`two_state_path_positions`), images by atomicspi's renderer at unit contrast scaled to the SNR,
+    then per-particle contrast exp(N(0, `contrast_log_std`²)) and unit white noise."""
+    import dataclasses
+
+    from atomicspi._simulation import simulate_particles
+    from atomicspi.structure import load_structure
+
+    closed = load_structure(closed_path).calpha()
+    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
+    opened = load_structure(open_path).calpha()
+    rng = np.random.default_rng(seed)
+    truth_s, states = two_state_path_positions(n, minor_fraction, rng)
+    truth = hinge_path(closed, opened, domains, truth_s)
+    nodes = hinge_path(closed, opened, domains, np.linspace(0.0, 1.0, 101))
+    clean = simulate_particles(closed, truth, box_size, pixel_size_in_angstroms, 1e12, seed=seed).images.astype(float)
+    clean /= np.sqrt(np.mean(np.var(clean, axis=(1, 2))) / snr)
+    contrast = np.exp(contrast_log_std * rng.standard_normal(n))
+    particles = simulate_particles(closed, truth, box_size, pixel_size_in_angstroms, snr, seed=seed)
+    particles = dataclasses.replace(
+        particles, images=(contrast[:, None, None] * clean + rng.standard_normal(clean.shape)).astype(np.float32)
+    )
+    return SmallHingeStack(closed, particles, truth_s, states, truth, nodes)

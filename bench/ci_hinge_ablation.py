@@ -30,16 +30,16 @@ VARIANTS = {
     "neither": {"path_nodes": 0, "learn_envelope": False},
     "neither_b0_reference": {"path_nodes": 0, "learn_envelope": False, "_b0": True},
     "defaults_b0_reference": {"_b0": True},
+    "no_fine_blocks": {"_CURVE_FINE_BEADS_PER_BLOCK": 0},  # the path pass without the finer blocks (twelfth session's defaults)
 }
 
 
 def main() -> None:
     from atomicspi._example import ADENYLATE_KINASE_DOMAINS, example_structure_paths
     from atomicspi._pipeline import run_inference
-    from atomicspi._simulation import simulate_particles, write_simulated_dataset
-    from atomicspi._transition_paths import hinge_path, path_positions_of, two_state_path_positions
+    from atomicspi._simulation import write_simulated_dataset
+    from atomicspi._transition_paths import path_positions_of, small_hinge_stack
     from atomicspi.io import load_config
-    from atomicspi.structure import load_structure
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=pathlib.Path, required=True)
@@ -47,22 +47,19 @@ def main() -> None:
     arguments = parser.parse_args()
 
     closed_path, open_path = example_structure_paths()
-    closed = load_structure(closed_path).calpha()
-    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
-    opened = load_structure(open_path).calpha()
-    rng = np.random.default_rng(SEED)
-    truth_s, states = two_state_path_positions(N_PARTICLES, MINOR_FRACTION, rng)
-    truth = hinge_path(closed, opened, ADENYLATE_KINASE_DOMAINS, truth_s)
-    nodes = hinge_path(closed, opened, ADENYLATE_KINASE_DOMAINS, np.linspace(0.0, 1.0, 101))
-    clean = simulate_particles(closed, truth, BOX_SIZE, PIXEL_SIZE, 1e12, seed=SEED).images.astype(float)
-    clean /= np.sqrt(np.mean(np.var(clean, axis=(1, 2))) / SNR)
-    contrast = np.exp(0.2 * rng.standard_normal(N_PARTICLES))
-    particles = simulate_particles(closed, truth, BOX_SIZE, PIXEL_SIZE, SNR, seed=SEED)
-    particles = dataclasses.replace(
-        particles, images=(contrast[:, None, None] * clean + rng.standard_normal(clean.shape)).astype(np.float32)
+    stack = small_hinge_stack(
+        closed_path, open_path, ADENYLATE_KINASE_DOMAINS, n=N_PARTICLES, box_size=BOX_SIZE, pixel_size_in_angstroms=PIXEL_SIZE,
+        snr=SNR, minor_fraction=MINOR_FRACTION, seed=SEED,
     )
+    closed, particles, truth_s, states = stack.closed, stack.particles, stack.path_positions, stack.states
+    truth, nodes = stack.calpha_positions_in_angstroms, stack.path_calpha_nodes
+    import atomicspi._families._deformation as deformation
+
+    defaults = {name: getattr(deformation, name) for name in dir(deformation) if name.startswith("_CURVE")}
     for name in arguments.variants.split(","):
         overrides = dict(VARIANTS[name])
+        for constant, value in defaults.items():  # the path pass's constants: the variant's, else the module's
+            setattr(deformation, constant, overrides.pop(constant, value))
         reference = closed
         if overrides.pop("_b0", False):  # the reference as mdtraj wrote it before: no B-factors
             reference = dataclasses.replace(closed, b_factors_in_angstroms_squared=np.zeros(closed.n_atoms))

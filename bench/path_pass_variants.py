@@ -18,7 +18,10 @@ VARIANTS = {
     "one_round": {"_CURVE_REFINEMENTS": 1},
     "no_refinement": {"_CURVE_REFINEMENTS": 0},
     "one_round_longer_curve": {"_CURVE_REFINEMENTS": 1, "_CURVE_EXTENSION": 0.25},
-    "two_rounds_longer_curve": {"_CURVE_REFINEMENTS": 2, "_CURVE_EXTENSION": 0.25},
+    "two_rounds_longer_curve": {"_CURVE_REFINEMENTS": 2, "_CURVE_EXTENSION": 0.25, "_CURVE_FINE_BEADS_PER_BLOCK": 0},
+    "fine_blocks_4": {"_CURVE_FINE_BEADS_PER_BLOCK": 4},
+    "fine_blocks_6": {"_CURVE_FINE_BEADS_PER_BLOCK": 6},
+    "fine_blocks_4_three_rounds": {"_CURVE_FINE_BEADS_PER_BLOCK": 4, "_CURVE_REFINEMENTS": 3},
 }
 
 

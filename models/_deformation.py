@@ -56,6 +56,10 @@ class Decoder(eqx.Module):
 
     Both start near zero, so the initial decoder gives the reference structure.
 
+    `with_fine_fields` adds a third part after training: an MLP of z giving coefficients of finer
+    fields (the rigid motions of smaller blocks), added to the beads and carried to their atoms;
+    the path posterior refines it along the curve.
+
     **Arguments:**
 
     - `latent_dim`: length of z.
@@ -71,7 +75,10 @@ class Decoder(eqx.Module):
     mlp: eqx.nn.MLP
     basis: Float[Array, "n_basis n_beads 3"] | None
     rigid_blocks: BlockRigidMotion | None
+    fine_basis: Float[Array, "n_fine n_beads 3"] | None
+    fine_map: eqx.nn.MLP | None
     n_beads: int = eqx.field(static=True)
+
     def __init__(
         self,
         latent_dim: int,
@@ -96,7 +103,32 @@ class Decoder(eqx.Module):
         )
         self.basis = None if basis is None else jnp.asarray(basis, dtype=jnp.float32)
         self.rigid_blocks = rigid_blocks
+        self.fine_basis = None
+        self.fine_map = None
         self.n_beads = n_beads
+
+    def with_fine_fields(
+        self, basis: Float[Array | np.ndarray, "n_fine n_beads 3"], *, key: PRNGKeyArray, hidden_size: int = 64
+    ) -> "Decoder":
+        """The same decoder plus a finer displacement on top of its structures: an MLP of z gives
+        coefficients of `basis` (orthonormal fields, e.g. the rigid motions of smaller blocks), each
+        coefficient in Å root-mean-square over the beads. It starts at exactly zero (the decoded
+        structures are unchanged) and the atoms follow their beads' fine displacement."""
+        latent_dim = self.linear.in_features
+        mlp = eqx.nn.MLP(latent_dim, basis.shape[0], hidden_size, depth=2, activation=jax.nn.gelu, key=key)
+        last = mlp.layers[-1]
+        assert last.bias is not None
+        mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        return eqx.tree_at(
+            lambda d: (d.fine_basis, d.fine_map), self, (jnp.asarray(basis, dtype=jnp.float32), mlp), is_leaf=lambda x: x is None
+        )
+
+    def fine_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"] | None:
+        """The finer displacement of `with_fine_fields` (Å), or `None` without one."""
+        if self.fine_map is None or self.fine_basis is None:
+            return None
+        coefficients = self.fine_map(z) * jnp.sqrt(float(self.n_beads))
+        return jnp.einsum("k,kbc->bc", coefficients, jax.lax.stop_gradient(self.fine_basis))
 
     def linear_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         """The bead displacements as a linear combination of the basis fields (every bead free without one)."""
@@ -115,11 +147,14 @@ class Decoder(eqx.Module):
 
     def __call__(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         if self.rigid_blocks is None:
-            return self.linear_field(z)
-        blocks = jax.lax.stop_gradient(self.rigid_blocks)
-        rotations, translations = self.block_transforms(z)
-        moved = blocks.move(blocks.positions_in_angstroms, blocks.block_of_point, rotations, translations)
-        return moved - blocks.positions_in_angstroms
+            displacements = self.linear_field(z)
+        else:
+            blocks = jax.lax.stop_gradient(self.rigid_blocks)
+            rotations, translations = self.block_transforms(z)
+            moved = blocks.move(blocks.positions_in_angstroms, blocks.block_of_point, rotations, translations)
+            displacements = moved - blocks.positions_in_angstroms
+        fine = self.fine_field(z)
+        return displacements if fine is None else displacements + fine
 
 
 def decoded_structure(
@@ -136,6 +171,9 @@ def decoded_structure(
     atoms = blocks.move(
         context.reference_positions_in_angstroms, blocks.block_of_point[context.atom_to_bead], rotations, translations
     )
+    fine = decoder.fine_field(z)
+    if fine is not None:
+        beads, atoms = beads + fine, atoms + fine[context.atom_to_bead]
     return beads - context.bead_positions_in_angstroms, atoms
 
 

@@ -413,6 +413,47 @@ def test_rigid_block_decoder_keeps_blocks_and_their_atoms_rigid(example_structur
     np.testing.assert_allclose(np.asarray(atoms)[calpha_atoms], beads + np.asarray(displacements), atol=1e-3)
 
 
+def test_fine_fields_start_at_zero_and_add_their_field_to_beads_and_atoms(example_structure_path):
+    """`Decoder.with_fine_fields` (the finer blocks the path pass refines) decodes exactly the same
+    structures until its weights move; then every bead moves by √n_beads · Σ_k c_k basis_k on top of
+    its block's rigid motion and every atom by its bead's share, and the likelihood's gradient
+    reaches the fine weights."""
+    import equinox as eqx
+
+    from atomicspi.models import Decoder, decoded_structure
+    from atomicspi.structure import BlockRigidMotion, block_rigid_basis
+
+    structure = load_structure(example_structure_path)
+    structure = structure.with_positions(structure.positions_in_angstroms - structure.positions_in_angstroms.mean(axis=0))
+    image_model = make_image_model(structure.atomic_numbers, structure.b_factors_in_angstroms_squared, BOX, PIXEL)
+    context = build_model_context(structure, image_model, n_modes=3, options=ModelOptions(latent_dim=2))
+    beads = np.asarray(context.bead_positions_in_angstroms)
+    decoder = Decoder(2, context.n_beads, key=jax.random.key(4), basis=block_rigid_basis(beads, 12), rigid_blocks=BlockRigidMotion(beads, 12))
+    decoder = eqx.tree_at(lambda d: d.linear.weight, decoder, jax.random.normal(jax.random.key(5), decoder.linear.weight.shape) * 3.0)
+    fine_basis = block_rigid_basis(beads, 4)
+    fine = decoder.with_fine_fields(fine_basis, key=jax.random.key(6))
+    z = jnp.array([0.7, -1.1])
+    before_beads, before_atoms = decoded_structure(context, decoder, z)
+    start_beads, start_atoms = decoded_structure(context, fine, z)
+    np.testing.assert_array_equal(np.asarray(start_beads), np.asarray(before_beads))
+    np.testing.assert_array_equal(np.asarray(start_atoms), np.asarray(before_atoms))
+
+    coefficients = jax.random.normal(jax.random.key(7), (fine_basis.shape[0],)) * 0.05
+    moved = eqx.tree_at(lambda d: d.fine_map.layers[-1].bias, fine, coefficients)
+    field = np.sqrt(context.n_beads) * np.einsum("k,kbc->bc", np.asarray(coefficients), fine_basis)
+    moved_beads, moved_atoms = decoded_structure(context, moved, z)
+    np.testing.assert_allclose(np.asarray(moved_beads), np.asarray(before_beads) + field, atol=2e-4)
+    np.testing.assert_allclose(
+        np.asarray(moved_atoms), np.asarray(before_atoms) + field[np.asarray(context.atom_to_bead)], atol=2e-4
+    )
+    np.testing.assert_allclose(np.asarray(moved(z)), np.asarray(moved_beads), atol=2e-4)
+
+    target = jnp.asarray(np.asarray(before_atoms) + 0.3)
+    parameters, static = eqx.partition(fine, eqx.is_inexact_array)
+    gradient = jax.grad(lambda p: jnp.sum((decoded_structure(context, eqx.combine(p, static), z)[1] - target) ** 2))(parameters)
+    assert float(jnp.max(jnp.abs(gradient.fine_map.layers[-1].bias))) > 0.0
+
+
 def test_particle_fluctuations_move_the_rendered_atoms_by_their_block_field(context, model_batch):
     """With `particle_fluctuation_in_angstroms`, the image the deformation model predicts is that of
     the decoded atoms plus Σ_k τ₀ e^offset u_k basis_k at each atom's bead (computed here directly),

@@ -5,9 +5,9 @@ variation, fitted with `model: deformation`, no domains in the yaml and the defa
 learned envelope and the exact posterior along the principal curve included). The fit must order the
 particles along the path, find the minor state's population, move the open particles towards the
 truth, carry information in its latent, and give 90 % intervals that cover the truth about 90 % of
-the time (0.863-0.895 here; 0.69-0.77 before the envelope and the curve posterior, bench/RESULTS.md)."""
+the time (0.891 here with the fine blocks along the curve, 0.895 without; 0.69-0.77 before the envelope
+and the curve posterior, bench/RESULTS.md)."""
 
-import dataclasses
 import json
 
 import mdtraj
@@ -17,10 +17,9 @@ import scipy.stats
 
 from atomicspi._example import ADENYLATE_KINASE_DOMAINS
 from atomicspi._pipeline import run_inference
-from atomicspi._simulation import simulate_particles, write_simulated_dataset
-from atomicspi._transition_paths import hinge_path, path_positions_of, two_state_path_positions
+from atomicspi._simulation import write_simulated_dataset
+from atomicspi._transition_paths import path_positions_of, small_hinge_stack
 from atomicspi.io import load_config
-from atomicspi.structure import load_structure
 
 N_PARTICLES, BOX_SIZE, PIXEL_SIZE, SNR, MINOR_FRACTION = 256, 24, 4.0, 1.0, 0.25
 
@@ -31,21 +30,13 @@ def _calpha_rmsd(a, b):
 
 @pytest.mark.slow  # a whole fit without domains: linear start, 300 steps on 256 particles, mode relocation
 def test_deformation_finds_an_unscripted_hinge_motion_without_domains(tmp_path, example_structure_path):
-    closed = load_structure(example_structure_path).calpha()
-    closed = closed.with_positions(closed.positions_in_angstroms - closed.positions_in_angstroms.mean(axis=0))
-    opened = load_structure(example_structure_path.with_name("adk_open.pdb.gz")).calpha()
-    rng = np.random.default_rng(11)
-    truth_s, states = two_state_path_positions(N_PARTICLES, MINOR_FRACTION, rng)
-    truth = hinge_path(closed, opened, ADENYLATE_KINASE_DOMAINS, truth_s)
-    nodes = hinge_path(closed, opened, ADENYLATE_KINASE_DOMAINS, np.linspace(0.0, 1.0, 101))
     # Noise-free images at unit contrast, then ±20 % contrast per particle and unit white noise at the SNR.
-    clean = simulate_particles(closed, truth, BOX_SIZE, PIXEL_SIZE, 1e12, seed=11).images.astype(float)
-    clean /= np.sqrt(np.mean(np.var(clean, axis=(1, 2))) / SNR)
-    contrast = np.exp(0.2 * rng.standard_normal(N_PARTICLES))
-    particles = simulate_particles(closed, truth, BOX_SIZE, PIXEL_SIZE, SNR, seed=11)
-    particles = dataclasses.replace(
-        particles, images=(contrast[:, None, None] * clean + rng.standard_normal(clean.shape)).astype(np.float32)
+    stack = small_hinge_stack(
+        example_structure_path, example_structure_path.with_name("adk_open.pdb.gz"), ADENYLATE_KINASE_DOMAINS, n=N_PARTICLES,
+        box_size=BOX_SIZE, pixel_size_in_angstroms=PIXEL_SIZE, snr=SNR, minor_fraction=MINOR_FRACTION, seed=11,
     )
+    closed, particles, truth_s, states = stack.closed, stack.particles, stack.path_positions, stack.states
+    truth, nodes = stack.calpha_positions_in_angstroms, stack.path_calpha_nodes
     path = write_simulated_dataset(
         tmp_path, closed, particles, model="deformation",
         # No domains; default model settings but for a CI-sized schedule and 20 draws for 90 % intervals.

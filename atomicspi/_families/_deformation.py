@@ -81,7 +81,12 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     (`atomicspi.inference.path_posterior`), after `_CURVE_REFINEMENTS` rounds of EM that move the
     decoder so the curve's structures fit the particles their posteriors place on it
     (`atomicspi.inference.refine_curve`): its draws replace the guide's z, `path_position_in_angstroms`
-    (the position along the curve) joins the local draws, and the refined decoder the parameters."""
+    (the position along the curve) joins the local draws, and the refined decoder the parameters.
+
+    Before the refinement the decoder gains finer fields (`Decoder.with_fine_fields`: the rigid
+    motions of blocks of `_CURVE_FINE_BEADS_PER_BLOCK` beads, starting at zero), so the curve can
+    follow deformations inside the training's blocks: on the adaptive-ANM benchmark the blocks of 12
+    beads alone cannot come within 1.1 Å of the open state, blocks of 4 within 0.6 Å."""
     import equinox as eqx
 
     from atomicspi.inference import (
@@ -102,6 +107,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     )
     from atomicspi.microscope import axis_angle_to_matrix
     from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images, with_envelope
+    from atomicspi.structure import block_rigid_basis
 
     started = time.perf_counter()
     means = np.asarray(local["z"], dtype=np.float64).mean(axis=1)
@@ -112,7 +118,12 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
               "if the particles move in more than one independent way, set path_nodes: 0 to keep the guide's latent draws",
               file=sys.stderr)
     context = fitted.model_arguments["context"]
-    weights_of, static = eqx.partition(_fitted_decoder(fitted), eqx.is_inexact_array)
+    decoder = _fitted_decoder(fitted)
+    if _CURVE_FINE_BEADS_PER_BLOCK and decoder.rigid_blocks is not None:
+        # finer blocks' motions on top of the decoder's, refined along the curve only
+        fine_basis = block_rigid_basis(np.asarray(context.bead_positions_in_angstroms), _CURVE_FINE_BEADS_PER_BLOCK)
+        decoder = decoder.with_fine_fields(fine_basis, key=jax.random.fold_in(key, 1))
+    weights_of, static = eqx.partition(decoder, eqx.is_inexact_array)
     image_model = image_model_of(context)
     box_size = image_model.box_size
     nodes_j = jnp.asarray(nodes, dtype=jnp.float32)
@@ -202,12 +213,14 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     local = {**local, "z": result.draw_latents.astype(local["z"].dtype),
              "path_position_in_angstroms": result.draws_in_angstroms.astype(np.float32)}
     parameters = {**fitted.parameters, "decoder$params": weights_of}
+    fitted = fitted._replace(model_arguments={**fitted.model_arguments, "decoder": eqx.combine(weights_of, static)})
     diagnostics = {
         "nodes": config.path_nodes,
         "explained_variance": explained,
         "node_latents": nodes.tolist(),
         "substeps": _PATH_SUBSTEPS,
         "refinements": _CURVE_REFINEMENTS,
+        "fine_beads_per_block": _CURVE_FINE_BEADS_PER_BLOCK if decoder.fine_map is not None else 0,
         "refinement_losses": losses,
         "length_in_angstroms": float(arc[-1]),
         "noise_std": noise_std,
@@ -230,6 +243,7 @@ _CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
 _CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve (the second: coverage +0.02 on both benchmarks)
 _CURVE_EPOCHS = 3  # passes over the particles per round
 _CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
+_CURVE_FINE_BEADS_PER_BLOCK = 4  # rigid motions of blocks of this many beads added to the decoder along the curve (0: none; bench/RESULTS.md, thirteenth session)
 
 
 class Deformation(ModelFamily):

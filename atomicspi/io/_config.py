@@ -85,12 +85,13 @@ class DatasetConfig:
       (`atomicspi.inference.path_posterior`): the curve's `path_nodes` structures are rendered at
       every particle's pose, the position along it (in Å of bead displacement) is computed on a
       grid with the contrast marginalised and the population along the curve estimated from all
-      particles, and the decoder is refined along the curve by two rounds of EM. The curve is the
+      particles, and the decoder, given finer fields (the rigid motions of 4-residue blocks) so it
+      can bend where the motion bends, is refined along the curve by two rounds of EM. The curve is the
       principal motion: where the particles move in more than one independent way, set 0 to keep
       the guide's latent draws (run.json's `path_posterior.explained_variance` is the share of the
       latent means' variance the curve explains, 0.81-0.82 on the one-dimensional benchmark
       motions; under 0.6 a warning is printed). Costs about `path_nodes` + 40 forward renders and
-      18 renders with gradients per particle (≈ 10 of the 31 min of the issue-19 aanm run).
+      18 renders with gradients per particle (8 of the 29 min of the issue-19 aanm run).
     - `learn_envelope` (true): every model learns the images' envelope B-factor (Å², the global
       `envelope_b_factor`, prior N(0, 50²)) beyond the reference's atomic B-factors: the data's
       high-frequency falloff is rarely the reference's (a model without B-factors, or crystal ones,
