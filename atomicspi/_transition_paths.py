@@ -20,13 +20,17 @@ between nodes). `path_positions_of` reads a structure's path position back off t
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import scipy.spatial.transform
 import scipy.stats
+
+if TYPE_CHECKING:
+    from atomicspi._simulation import SimulatedParticles
+    from atomicspi.structure import AtomicModel
 
 __all__ = [
     "adaptive_anm_path",
@@ -574,8 +578,8 @@ def two_state_path_positions(
 class SmallHingeStack(NamedTuple):
     """`small_hinge_stack`'s particles and their truth."""
 
-    closed: Any  # the reference, Cα AtomicModel centred on its mean
-    particles: Any  # SimulatedParticles: images with contrast variation and noise
+    closed: AtomicModel  # the reference: Cα, centred on its mean
+    particles: SimulatedParticles  # images with contrast variation and noise
     path_positions: np.ndarray  # (n,) true path positions
     states: np.ndarray  # (n,) 0 major, 1 minor
     calpha_positions_in_angstroms: np.ndarray  # (n, n_residues, 3) true structures

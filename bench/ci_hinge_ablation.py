@@ -35,6 +35,7 @@ VARIANTS = {
 
 
 def main() -> None:
+    import atomicspi._families._deformation as deformation
     from atomicspi._example import ADENYLATE_KINASE_DOMAINS, example_structure_paths
     from atomicspi._pipeline import run_inference
     from atomicspi._simulation import write_simulated_dataset
@@ -53,8 +54,6 @@ def main() -> None:
     )
     closed, particles, truth_s, states = stack.closed, stack.particles, stack.path_positions, stack.states
     truth, nodes = stack.calpha_positions_in_angstroms, stack.path_calpha_nodes
-    import atomicspi._families._deformation as deformation
-
     defaults = {name: getattr(deformation, name) for name in dir(deformation) if name.startswith("_CURVE")}
     for name in arguments.variants.split(","):
         overrides = dict(VARIANTS[name])

@@ -1,6 +1,7 @@
 """The curve posterior's cost against its accuracy: rerun only the posterior pass of a finished
 `deformation` fit (its checkpoint, through `--resume`) with other schedules of the path pass
-(`atomicspi/_families/_deformation.py`: its refinement rounds, how far the curve runs past the means), each in a copy
+(`atomicspi/_families/_deformation.py`: its refinement rounds, how far the curve runs past the means, the
+finer blocks added to the decoder; a variant leaves the others at the module's defaults), each in a copy
 of the output folder, then score with `bench/adk_paths.py --evaluate`.
 
     python bench/path_pass_variants.py --folder /tmp/bench/aanm --variant one_round

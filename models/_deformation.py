@@ -40,6 +40,13 @@ __all__ = [
 ]
 
 
+def _combination_of_fields(
+    coefficients: Float[Array, "*batch n_fields"], fields: Float[Array, "n_fields n_beads 3"]
+) -> Float[Array, "*batch n_beads 3"]:
+    """Σ_k c_k · fields_k over fixed displacement fields (no gradient reaches the fields)."""
+    return jnp.einsum("...k,kbc->...bc", coefficients, jax.lax.stop_gradient(fields))
+
+
 class Decoder(eqx.Module):
     """From a latent vector to bead displacements (Å): a linear map (the population's principal
     displacements, as in a probabilistic PCA) plus an MLP for the curvature of large motions.
@@ -127,8 +134,7 @@ class Decoder(eqx.Module):
         """The finer displacement of `with_fine_fields` (Å), or `None` without one."""
         if self.fine_map is None or self.fine_basis is None:
             return None
-        coefficients = self.fine_map(z) * jnp.sqrt(float(self.n_beads))
-        return jnp.einsum("k,kbc->bc", coefficients, jax.lax.stop_gradient(self.fine_basis))
+        return _combination_of_fields(self.fine_map(z) * jnp.sqrt(float(self.n_beads)), self.fine_basis)
 
     def linear_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         """The bead displacements as a linear combination of the basis fields (every bead free without one)."""
@@ -136,7 +142,7 @@ class Decoder(eqx.Module):
         if self.basis is None:
             return output.reshape(self.n_beads, 3)
         # The basis is fixed: it reaches the optimiser as a parameter with zero gradient.
-        return jnp.einsum("k,kbc->bc", output, jax.lax.stop_gradient(self.basis))
+        return _combination_of_fields(output, self.basis)
 
     def block_transforms(self, z: Float[Array, " latent_dim"]) -> tuple[Float[Array, "n_blocks 3 3"], Float[Array, "n_blocks 3"]]:
         """Per block, the rotation and translation (Å) of its finite rigid motion (needs `rigid_blocks`)."""
@@ -260,8 +266,7 @@ def fluctuation_field(
     view and that q(z) cannot see (issue 19: path-position errors twice the posterior's spread)."""
     if decoder.basis is None:
         raise ValueError("fluctuation_field needs a decoder with a block basis")
-    basis = jax.lax.stop_gradient(decoder.basis)
-    beads = jnp.einsum("...k,kbc->...bc", jnp.asarray(coefficients_in_angstroms), basis)
+    beads = _combination_of_fields(jnp.asarray(coefficients_in_angstroms), decoder.basis)
     return beads[..., context.atom_to_bead, :]
 
 

@@ -213,7 +213,6 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     local = {**local, "z": result.draw_latents.astype(local["z"].dtype),
              "path_position_in_angstroms": result.draws_in_angstroms.astype(np.float32)}
     parameters = {**fitted.parameters, "decoder$params": weights_of}
-    fitted = fitted._replace(model_arguments={**fitted.model_arguments, "decoder": eqx.combine(weights_of, static)})
     diagnostics = {
         "nodes": config.path_nodes,
         "explained_variance": explained,
@@ -231,7 +230,9 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         "stage_seconds": stage_seconds,
         "seconds": time.perf_counter() - started,
     }
-    return local, diagnostics, fitted._replace(parameters=parameters)
+    # the refined weights, and the decoder's structure (with its fine fields) they belong to
+    refined = {"decoder": eqx.combine(weights_of, static)}
+    return local, diagnostics, fitted._replace(parameters=parameters, model_arguments={**fitted.model_arguments, **refined})
 
 
 _PATH_EXPLAINED_VARIANCE_WARNING = 0.6  # under this share of the latent means' variance, a warning (0.81-0.82 on the one-dimensional benchmark motions)
