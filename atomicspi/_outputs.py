@@ -83,7 +83,7 @@ def output_plan(structure, n_particles: int, samples_per_particle: int, *, outpu
 
 
 class EnsembleWriter:
-    """`topology.pdb` (the atoms the model moves), `ensemble_mean.dcd` (frame i = posterior mean of
+    """`topology.pdb` (the atoms the model moves, with their B-factors), `ensemble_mean.dcd` (frame i = posterior mean of
     particle i) and `ensemble_samples.dcd` (S draws per particle, particle-major; unless
     `write_samples` is false), written a chunk of particles at a time, so that memory does not grow
     with the number of particles; with `ensemble_draws = (particles, draws)`, also
@@ -105,7 +105,7 @@ class EnsembleWriter:
     def __enter__(self) -> "EnsembleWriter":
         from mdtraj.formats import DCDTrajectoryFile
 
-        self.structure.to_mdtraj().save_pdb(str(self.folder / "topology.pdb"))
+        self.structure.save_pdb(self.folder / "topology.pdb")  # with the reference's B-factors
         names = ["ensemble_mean.dcd"] + (["ensemble_samples.dcd"] if self.write_samples else [])
         with quiet_c_stdout():  # mdtraj's DCD plugin (VMD's dcdplugin) prints to standard output
             self._files = {name: DCDTrajectoryFile(str(self.folder / name), "w", force_overwrite=True) for name in names}

@@ -23,6 +23,9 @@ VARIANTS = {
     "fine_blocks_4": {"_CURVE_FINE_BEADS_PER_BLOCK": 4},
     "fine_blocks_6": {"_CURVE_FINE_BEADS_PER_BLOCK": 6},
     "fine_blocks_4_three_rounds": {"_CURVE_FINE_BEADS_PER_BLOCK": 4, "_CURVE_REFINEMENTS": 3},
+    "residual_noise": {"_CURVE_RESIDUAL_NOISE": True},
+    "no_residual_noise": {"_CURVE_RESIDUAL_NOISE": False},
+    "learning_rate_1e-2": {"_CURVE_LEARNING_RATE": 1e-2},
 }
 
 
@@ -35,11 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=pathlib.Path, required=True, help="the dataset folder (dataset.yaml, output/)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    parser.add_argument("--source", help="the output folder whose checkpoint is resumed (default: the yaml's output)")
     arguments = parser.parse_args()
     for name, value in VARIANTS[arguments.variant].items():
         setattr(deformation, name, value)
     config = yaml.safe_load((arguments.folder / "dataset.yaml").read_text())
-    source = arguments.folder / config.get("output", "output")
+    source = arguments.folder / (arguments.source or config.get("output", "output"))
     target = arguments.folder / f"output_{arguments.variant}"
     target.mkdir(exist_ok=True)
     for checkpoint in ("checkpoint.json", "checkpoint.npz"):

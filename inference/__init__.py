@@ -34,6 +34,7 @@ from ._path_posterior import path_posterior as path_posterior
 from ._path_posterior import posterior_windows as posterior_windows
 from ._path_posterior import principal_curve as principal_curve
 from ._path_posterior import refine_curve as refine_curve
+from ._path_posterior import residual_power_ratio as residual_power_ratio
 from ._path_posterior import weighted_inner_product as weighted_inner_product
 from ._pose_search import FourierVolume as FourierVolume
 from ._pose_search import PoseSearchResult as PoseSearchResult

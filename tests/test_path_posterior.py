@@ -20,6 +20,7 @@ from atomicspi.inference import (
     path_posterior,
     posterior_windows,
     principal_curve,
+    residual_power_ratio,
 )
 
 
@@ -84,6 +85,24 @@ def _blob_images(positions, box_size=16):
     return 3.0 * np.exp(-0.5 * (((x[None] - centres[:, None, None]) ** 2 + (y[None] - 8.0) ** 2) / 1.5**2))
 
 
+def _render_blobs(nodes, batch):
+    """`_blob_images` in JAX for `curve_image_statistics`: a "structure" is one point whose first
+    coordinate is s, `(B, 1, 3)`."""
+    y, x = jnp.mgrid[:16, :16]
+    s = nodes[:, 0, 0][:, None, None]
+    return 3.0 * jnp.exp(-0.5 * (((x - (4.0 + 8.0 * s)) ** 2 + (y - 8.0) ** 2) / 1.5**2))
+
+
+# rfft2 weights that make <a, b> the pixel sum of a · b for 16² images (white noise of unit variance)
+_WHITE_WEIGHTS = np.broadcast_to(np.asarray([1.0] + [2.0] * 7 + [1.0])[None], (16, 9)) / 256.0
+
+
+def _batches_of(images, size=500):
+    n = len(images)
+    return ((min(size, n - start), {"images": images[start : start + size].astype(np.float32), "indices": np.arange(start, start + size)})
+            for start in range(0, n, size))
+
+
 @pytest.mark.parametrize("seed", [2])
 def test_path_posterior_is_calibrated_on_a_known_image_family(seed):
     rng = np.random.default_rng(seed)
@@ -94,15 +113,10 @@ def test_path_posterior_is_calibrated_on_a_known_image_family(seed):
     images = contrast[:, None, None] * _blob_images(truth) + rng.standard_normal((n, 16, 16))
     node_s = np.linspace(0.0, 1.0, n_nodes)
 
-    def render(nodes, batch):  # a "structure" here is one point whose first coordinate is s: (B, 1, 3)
-        y, x = jnp.mgrid[:16, :16]
-        s = nodes[:, 0, 0][:, None, None]
-        return 3.0 * jnp.exp(-0.5 * (((x - (4.0 + 8.0 * s)) ** 2 + (y - 8.0) ** 2) / 1.5**2))
+    render, weights = _render_blobs, jnp.asarray(_WHITE_WEIGHTS)
 
-    weights = jnp.broadcast_to(jnp.asarray([1.0] + [2.0] * 7 + [1.0])[None], (16, 9)) / 256.0
     def batches():
-        return ((min(500, n - start), {"images": images[start : start + 500].astype(np.float32), "indices": np.arange(start, start + 500)})
-                for start in range(0, n, 500))
+        return _batches_of(images)
 
     node_positions = np.zeros((n_nodes, 1, 3))
     node_positions[:, 0, 0] = node_s
@@ -138,6 +152,53 @@ def test_path_posterior_is_calibrated_on_a_known_image_family(seed):
     assert np.mean(np.abs(windowed_weights @ grid_s - full_weights @ grid_s) < 1e-3) > 0.98
 
 
+def test_residual_power_ratio_recovers_a_coloured_noise_spectrum_and_restores_calibration():
+    """Images of the blob family with noise whose power falls from 4 to 1 with frequency, fitted
+    under a white-noise model: the residual power per shell recovers the noise's spectrum (its
+    average over each shell's entries), and dividing the weights by it turns the over-confident
+    white-noise posteriors into calibrated ones."""
+    rng = np.random.default_rng(5)
+    n, n_nodes, box_size = 3000, 41, 16
+    truth = np.clip(rng.normal(0.4, 0.15, n), 0.0, 1.0)
+    contrast = np.exp(0.3 * rng.standard_normal(n))
+    ky, kx = np.fft.fftfreq(box_size)[:, None] * box_size, np.fft.rfftfreq(box_size)[None, :] * box_size
+    spectrum = 1.0 + 3.0 * np.exp(-0.5 * (ky**2 + kx**2) / 2.0**2)  # noise power per entry, in units of white noise's
+    noise = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, box_size, box_size))) * np.sqrt(spectrum), s=(box_size, box_size))
+    images = contrast[:, None, None] * _blob_images(truth) + noise
+    node_s = np.linspace(0.0, 1.0, n_nodes)
+    node_positions = np.zeros((n_nodes, 1, 3))
+    node_positions[:, 0, 0] = node_s
+
+    render, white = _render_blobs, jnp.asarray(_WHITE_WEIGHTS)
+
+    def batches():
+        return _batches_of(images)
+
+    def posterior(weights):
+        statistics = curve_image_statistics(render, lambda batch: weights, node_positions, batches())
+        log_likelihood = grid_log_likelihoods(statistics, substeps=4, noise_std=1.0, contrast_log_mean=0.0, contrast_log_std=0.3)
+        population = path_population(log_likelihood)
+        grid_s = np.linspace(0.0, 1.0, log_likelihood.shape[1])
+        return log_likelihood, population, path_posterior(log_likelihood, node_s[:, None], grid_s, 20, key=jax.random.key(0), population=population)
+
+    log_likelihood, population, white_result = posterior(white)
+    best = np.argmax(grid_posterior_weights(log_likelihood, population), axis=1)
+    ratio = residual_power_ratio(render, lambda batch: white, node_positions, batches(), best, substeps=4, noise_std=1.0)
+    assert ratio.shape == (16, 9)
+    shells = np.rint(np.sqrt(ky**2 + kx**2)).astype(int)
+    multiplicity = np.where((np.arange(9) == 0) | (np.arange(9) == 8), 1.0, 2.0)[None] * np.ones((16, 1))
+    expected = np.bincount(shells.ravel(), (multiplicity * spectrum).ravel()) / np.bincount(shells.ravel(), multiplicity.ravel())
+    np.testing.assert_allclose(ratio, expected[shells], rtol=0.08)
+    _, _, result = posterior(white / jnp.asarray(ratio, dtype=jnp.float32))
+
+    def coverage(result):
+        return float(np.mean((truth >= result.low_in_angstroms) & (truth <= result.high_in_angstroms)))
+
+    print(f"coverage of central 90 % intervals: white {coverage(white_result):.3f}, residual spectrum {coverage(result):.3f}")
+    assert coverage(white_result) < 0.8
+    assert 0.86 <= coverage(result) <= 0.94
+
+
 @pytest.mark.slow  # a tiny deformation fit end to end
 def test_run_with_path_posterior_and_learned_envelope(tmp_path, example_structure_path):
     """`path_nodes` and `learn_envelope` through `run_inference`: the draws lie on the curve, their
@@ -168,6 +229,12 @@ def test_run_with_path_posterior_and_learned_envelope(tmp_path, example_structur
     assert summary["nodes"] == 6 and len(summary["population"]) == 5 * summary["substeps"] + 1
     assert np.isclose(sum(summary["population"]), 1.0) and summary["length_in_angstroms"] > 0
     assert "envelope_b_factor" in record["global_posterior_means"]
+    # topology.pdb keeps the reference's B-factors
+    np.testing.assert_allclose(load_structure(output / "topology.pdb").b_factors_in_angstroms_squared,
+                               closed.b_factors_in_angstroms_squared, atol=0.01)
+    assert closed.b_factors_in_angstroms_squared.std() > 1.0
+    # the residual power measured per frequency shell
+    assert len(summary["residual_power_ratio_by_shell"]) == 24 // 2 + 1 and all(r > 0 for r in summary["residual_power_ratio_by_shell"])
     posterior = az.from_netcdf(output / "posterior.nc").posterior
     positions = posterior["path_position_in_angstroms"].values[0]  # (draw, particle)
     assert positions.shape == (6, n)

@@ -103,6 +103,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         posterior_windows,
         principal_curve,
         refine_curve,
+        residual_power_ratio,
         weighted_inner_product,
     )
     from atomicspi.microscope import axis_angle_to_matrix
@@ -151,8 +152,14 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
             extra = {name: values[np.asarray(batch["indices"])].astype(np.float32) for name, values in corrections.items()}
             yield count, {**batch, **extra}
 
-    def inverse_power(batch):
+    def model_inverse_power(batch):
         return inverse_noise_power(context, box_size, batch["indices"])
+
+    # the residual power over the noise model's, per frequency shell (`residual_power_ratio`): 1 until measured
+    noise_ratio = {"grid": jnp.ones((box_size, box_size // 2 + 1), dtype=jnp.float32)}
+
+    def inverse_power(batch):
+        return model_inverse_power(batch) / noise_ratio["grid"]
 
     contrasts = jnp.asarray(contrast_grid(contrast_log_mean, _CONTRAST_LOG_STD, _CONTRASTS), dtype=jnp.float32)
 
@@ -175,7 +182,8 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     def timed(stage, begun):
         stage_seconds.append((stage, round(time.perf_counter() - begun, 1)))
 
-    def posterior_on_curve(parameters, windows=None):
+    def likelihoods_on_curve(parameters, windows=None):
+        """log p(image | grid point) `(n, G)` under the decoder `parameters`."""
         print(f"path posterior: the images' likelihoods on the curve ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
         begun = time.perf_counter()
         _, node_atoms = decode_many_jit(parameters, nodes_j)
@@ -187,11 +195,20 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
             statistics, substeps=_PATH_SUBSTEPS, noise_std=noise_std, contrast_log_mean=contrast_log_mean,
             contrast_log_std=_CONTRAST_LOG_STD, n_contrasts=_CONTRASTS,
         )
-        population = path_population(log_likelihood)
         timed(f"likelihoods on {statistics.cross.shape[1]} nodes per particle", begun)
-        return log_likelihood, population
+        return log_likelihood
 
-    log_likelihood, population = posterior_on_curve(weights_of)
+    log_likelihood = likelihoods_on_curve(weights_of)
+    population = path_population(log_likelihood)
+    if _CURVE_RESIDUAL_NOISE:
+        # Noise as the images have it after the fit: its power per frequency shell, over the noise model's.
+        begun = time.perf_counter()
+        _, node_atoms = decode_many_jit(weights_of, nodes_j)
+        best = np.argmax(grid_posterior_weights(log_likelihood, population), axis=1)
+        noise_ratio["grid"] = jnp.asarray(residual_power_ratio(
+            render_each, model_inverse_power, node_atoms, batches(), best, substeps=_PATH_SUBSTEPS, noise_std=noise_std,
+        ), dtype=jnp.float32)
+        timed("residual power by shell", begun)  # used from the first refinement on
     losses = []
     for round_ in range(_CURVE_REFINEMENTS):
         print(f"path posterior: refining the curve, round {round_ + 1} of {_CURVE_REFINEMENTS} ({time.perf_counter() - started:.0f} s)",
@@ -205,7 +222,8 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         timed(f"refinement round {round_ + 1}", begun)
         losses.append(history)
         # After the first pass each particle's posterior spans a few nodes: only those are rendered again.
-        log_likelihood, population = posterior_on_curve(weights_of, posterior_windows(weights, len(nodes), min(_PATH_WINDOW, len(nodes))))
+        log_likelihood = likelihoods_on_curve(weights_of, posterior_windows(weights, len(nodes), min(_PATH_WINDOW, len(nodes))))
+        population = path_population(log_likelihood)
     beads, _ = decode_many_jit(weights_of, jnp.asarray(curve_grid(nodes, _PATH_SUBSTEPS), dtype=jnp.float32))
     arc = arc_lengths(np.asarray(beads) + np.asarray(context.bead_positions_in_angstroms)[None])
     samples_per_particle = local["z"].shape[1]
@@ -221,6 +239,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         "refinements": _CURVE_REFINEMENTS,
         "fine_beads_per_block": _CURVE_FINE_BEADS_PER_BLOCK if decoder.fine_map is not None else 0,
         "refinement_losses": losses,
+        "residual_power_ratio_by_shell": np.asarray(noise_ratio["grid"])[0].round(4).tolist(),
         "length_in_angstroms": float(arc[-1]),
         "noise_std": noise_std,
         "envelope_b_factor_in_angstroms_squared": envelope,
@@ -244,6 +263,7 @@ _CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
 _CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve (the second: coverage +0.02 on both benchmarks)
 _CURVE_EPOCHS = 3  # passes over the particles per round
 _CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
+_CURVE_RESIDUAL_NOISE = True  # the likelihood along the curve counts the residual power per frequency shell as noise (residual_power_ratio)
 _CURVE_FINE_BEADS_PER_BLOCK = 4  # rigid motions of blocks of this many beads added to the decoder along the curve (0: none; bench/RESULTS.md, thirteenth session)
 
 

@@ -86,7 +86,10 @@ class DatasetConfig:
       every particle's pose, the position along it (in Å of bead displacement) is computed on a
       grid with the contrast marginalised and the population along the curve estimated from all
       particles, and the decoder, given finer fields (the rigid motions of 4-residue blocks) so it
-      can bend where the motion bends, is refined along the curve by two rounds of EM. The curve is the
+      can bend where the motion bends, is refined along the curve by two rounds of EM, with the
+      noise per frequency shell re-estimated from the images' residuals after the first pass (so
+      noise that is not white, or signal the model lacks, does not make the intervals too narrow;
+      `path_posterior.residual_power_ratio_by_shell` in run.json). The curve is the
       principal motion: where the particles move in more than one independent way, set 0 to keep
       the guide's latent draws (run.json's `path_posterior.explained_variance` is the share of the
       latent means' variance the curve explains, 0.81-0.82 on the one-dimensional benchmark
