@@ -26,6 +26,8 @@ VARIANTS = {
     "residual_noise": {"_CURVE_RESIDUAL_NOISE": True},
     "no_residual_noise": {"_CURVE_RESIDUAL_NOISE": False},
     "learning_rate_1e-2": {"_CURVE_LEARNING_RATE": 1e-2},
+    "fine_atoms_turn": {"_CURVE_FINE_ATOMS_TURN": True},
+    "fine_atoms_follow_beads": {"_CURVE_FINE_ATOMS_TURN": False},
 }
 
 

@@ -84,6 +84,7 @@ class Decoder(eqx.Module):
     rigid_blocks: BlockRigidMotion | None
     fine_basis: Float[Array, "n_fine n_beads 3"] | None
     fine_map: eqx.nn.MLP | None
+    fine_atom_basis: Float[Array, "n_fine n_atoms 3"] | None
     n_beads: int = eqx.field(static=True)
 
     def __init__(
@@ -112,22 +113,32 @@ class Decoder(eqx.Module):
         self.rigid_blocks = rigid_blocks
         self.fine_basis = None
         self.fine_map = None
+        self.fine_atom_basis = None
         self.n_beads = n_beads
 
     def with_fine_fields(
-        self, basis: Float[Array | np.ndarray, "n_fine n_beads 3"], *, key: PRNGKeyArray, hidden_size: int = 64
+        self,
+        basis: Float[Array | np.ndarray, "n_fine n_beads 3"],
+        *,
+        key: PRNGKeyArray,
+        hidden_size: int = 64,
+        atom_basis: Float[Array | np.ndarray, "n_fine n_atoms 3"] | None = None,
     ) -> "Decoder":
         """The same decoder plus a finer displacement on top of its structures: an MLP of z gives
         coefficients of `basis` (orthonormal fields, e.g. the rigid motions of smaller blocks), each
         coefficient in Å root-mean-square over the beads. It starts at exactly zero (the decoded
-        structures are unchanged) and the atoms follow their beads' fine displacement."""
+        structures are unchanged). The atoms move by the same coefficients of `atom_basis`, the
+        fields at the atoms (`carried_block_rigid_basis`: each atom turns with its block), or without
+        it follow their beads' fine displacement."""
         latent_dim = self.linear.in_features
         mlp = eqx.nn.MLP(latent_dim, basis.shape[0], hidden_size, depth=2, activation=jax.nn.gelu, key=key)
         last = mlp.layers[-1]
         assert last.bias is not None
         mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        atoms = None if atom_basis is None else jnp.asarray(atom_basis, dtype=jnp.float32)
         return eqx.tree_at(
-            lambda d: (d.fine_basis, d.fine_map), self, (jnp.asarray(basis, dtype=jnp.float32), mlp), is_leaf=lambda x: x is None
+            lambda d: (d.fine_basis, d.fine_map, d.fine_atom_basis), self, (jnp.asarray(basis, dtype=jnp.float32), mlp, atoms),
+            is_leaf=lambda x: x is None,
         )
 
     def fine_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"] | None:
@@ -135,6 +146,12 @@ class Decoder(eqx.Module):
         if self.fine_map is None or self.fine_basis is None:
             return None
         return _combination_of_fields(self.fine_map(z) * jnp.sqrt(float(self.n_beads)), self.fine_basis)
+
+    def fine_atom_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_atoms 3"] | None:
+        """The finer displacement at the atoms (with `atom_basis`), or `None`."""
+        if self.fine_map is None or self.fine_atom_basis is None:
+            return None
+        return _combination_of_fields(self.fine_map(z) * jnp.sqrt(float(self.n_beads)), self.fine_atom_basis)
 
     def linear_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         """The bead displacements as a linear combination of the basis fields (every bead free without one)."""
@@ -179,7 +196,8 @@ def decoded_structure(
     )
     fine = decoder.fine_field(z)
     if fine is not None:
-        beads, atoms = beads + fine, atoms + fine[context.atom_to_bead]
+        fine_atoms = decoder.fine_atom_field(z)
+        beads, atoms = beads + fine, atoms + (fine[context.atom_to_bead] if fine_atoms is None else fine_atoms)
     return beads - context.bead_positions_in_angstroms, atoms
 
 

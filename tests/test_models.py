@@ -416,12 +416,12 @@ def test_rigid_block_decoder_keeps_blocks_and_their_atoms_rigid(example_structur
 def test_fine_fields_start_at_zero_and_add_their_field_to_beads_and_atoms(example_structure_path):
     """`Decoder.with_fine_fields` (the finer blocks the path pass refines) decodes exactly the same
     structures until its weights move; then every bead moves by √n_beads · Σ_k c_k basis_k on top of
-    its block's rigid motion and every atom by its bead's share, and the likelihood's gradient
-    reaches the fine weights."""
+    its block's rigid motion and every atom by its bead's share (or, with `atom_basis`, by its fine
+    block's rigid motion), and the likelihood's gradient reaches the fine weights."""
     import equinox as eqx
 
     from atomicspi.models import Decoder, decoded_structure
-    from atomicspi.structure import BlockRigidMotion, block_rigid_basis
+    from atomicspi.structure import BlockRigidMotion, block_rigid_basis, carried_block_rigid_basis
 
     structure = load_structure(example_structure_path)
     structure = structure.with_positions(structure.positions_in_angstroms - structure.positions_in_angstroms.mean(axis=0))
@@ -447,6 +447,30 @@ def test_fine_fields_start_at_zero_and_add_their_field_to_beads_and_atoms(exampl
         np.asarray(moved_atoms), np.asarray(before_atoms) + field[np.asarray(context.atom_to_bead)], atol=2e-4
     )
     np.testing.assert_allclose(np.asarray(moved(z)), np.asarray(moved_beads), atol=2e-4)
+
+    # With the fields carried to the atoms, every atom moves with its 4-bead block's rigid motion: the
+    # translation and rotation that give the block's bead displacements (least squares, exact for a
+    # rigid field) predict its atoms' displacements; an atom at its bead's position moves with it.
+    atom_to_bead = np.asarray(context.atom_to_bead)
+    reference_atoms = np.asarray(context.reference_positions_in_angstroms)
+    atom_basis = carried_block_rigid_basis(beads, 4, reference_atoms, atom_to_bead)
+    turning = eqx.tree_at(lambda d: d.fine_map.layers[-1].bias, decoder.with_fine_fields(fine_basis, key=jax.random.key(6), atom_basis=atom_basis),
+                          coefficients)
+    turned_beads, turned_atoms = decoded_structure(context, turning, z)
+    np.testing.assert_allclose(np.asarray(turned_beads), np.asarray(moved_beads), atol=1e-5)
+    atom_field = np.asarray(turned_atoms) - np.asarray(before_atoms)
+    for start in range(0, context.n_beads, 4):
+        members = np.arange(start, min(start + 4, context.n_beads))
+        centre = beads[members].mean(axis=0)
+        skew = lambda r: np.stack([np.cross(unit, r) for unit in np.eye(3)], axis=-1)  # ω × r = skew(r) @ ω  # noqa: E731
+        design = np.concatenate([np.tile(np.eye(3), (len(members), 1)), skew(beads[members] - centre).reshape(-1, 3)], axis=1)
+        motion, *_ = np.linalg.lstsq(design, field[members].reshape(-1), rcond=None)
+        riders = np.flatnonzero((atom_to_bead >= start) & (atom_to_bead < start + 4))
+        predicted = motion[:3] + np.cross(motion[3:], reference_atoms[riders] - centre)
+        np.testing.assert_allclose(atom_field[riders], predicted, atol=2e-4)
+    calpha = np.flatnonzero(np.linalg.norm(reference_atoms - beads[atom_to_bead], axis=1) < 1e-3)
+    assert len(calpha) > 100
+    np.testing.assert_allclose(atom_field[calpha], field[atom_to_bead[calpha]], atol=2e-4)
 
     target = jnp.asarray(np.asarray(before_atoms) + 0.3)
     parameters, static = eqx.partition(fine, eqx.is_inexact_array)

@@ -108,7 +108,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     )
     from atomicspi.microscope import axis_angle_to_matrix
     from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images, with_envelope
-    from atomicspi.structure import block_rigid_basis
+    from atomicspi.structure import block_rigid_basis, carried_block_rigid_basis
 
     started = time.perf_counter()
     means = np.asarray(local["z"], dtype=np.float64).mean(axis=1)
@@ -122,8 +122,12 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     decoder = _fitted_decoder(fitted)
     if _CURVE_FINE_BEADS_PER_BLOCK and decoder.rigid_blocks is not None:
         # finer blocks' motions on top of the decoder's, refined along the curve only
-        fine_basis = block_rigid_basis(np.asarray(context.bead_positions_in_angstroms), _CURVE_FINE_BEADS_PER_BLOCK)
-        decoder = decoder.with_fine_fields(fine_basis, key=jax.random.fold_in(key, 1))
+        beads = np.asarray(context.bead_positions_in_angstroms)
+        fine_basis = block_rigid_basis(beads, _CURVE_FINE_BEADS_PER_BLOCK)
+        atom_basis = carried_block_rigid_basis(
+            beads, _CURVE_FINE_BEADS_PER_BLOCK, np.asarray(context.reference_positions_in_angstroms), np.asarray(context.atom_to_bead),
+        ) if _CURVE_FINE_ATOMS_TURN else None
+        decoder = decoder.with_fine_fields(fine_basis, key=jax.random.fold_in(key, 1), atom_basis=atom_basis)
     weights_of, static = eqx.partition(decoder, eqx.is_inexact_array)
     image_model = image_model_of(context)
     box_size = image_model.box_size
@@ -264,6 +268,7 @@ _CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve (the s
 _CURVE_EPOCHS = 3  # passes over the particles per round
 _CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
 _CURVE_RESIDUAL_NOISE = True  # the likelihood along the curve counts the residual power per frequency shell as noise (residual_power_ratio)
+_CURVE_FINE_ATOMS_TURN = True  # the fine fields move each atom with its block's rigid motion (False: by its bead's displacement)
 _CURVE_FINE_BEADS_PER_BLOCK = 4  # rigid motions of blocks of this many beads added to the decoder along the curve (0: none; bench/RESULTS.md, thirteenth session)
 
 

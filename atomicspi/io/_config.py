@@ -85,7 +85,8 @@ class DatasetConfig:
       (`atomicspi.inference.path_posterior`): the curve's `path_nodes` structures are rendered at
       every particle's pose, the position along it (in Å of bead displacement) is computed on a
       grid with the contrast marginalised and the population along the curve estimated from all
-      particles, and the decoder, given finer fields (the rigid motions of 4-residue blocks) so it
+      particles, and the decoder, given finer fields (the rigid motions of 4-residue blocks, which
+      carry each block's atoms with them) so it
       can bend where the motion bends, is refined along the curve by two rounds of EM, with the
       noise per frequency shell re-estimated from the images' residuals after the first pass (so
       noise that is not white, or signal the model lacks, does not make the intervals too narrow;

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-__all__ = ["BlockRigidMotion", "block_rigid_basis", "rigid_body_basis", "superpose"]
+__all__ = ["BlockRigidMotion", "block_rigid_basis", "carried_block_rigid_basis", "rigid_body_basis", "superpose"]
 
 
 def rigid_body_basis(positions_in_angstroms: Float[Array | np.ndarray, "n 3"]) -> Float[Array, "6 n 3"]:
@@ -52,22 +52,59 @@ def block_rigid_basis(
     **Returns:** `(n_basis, n, 3)` orthonormal displacement fields; `n_basis` is 6 per block (fewer
     for blocks of one or two points, which have fewer independent rigid motions).
     """
+    return _block_rigid_fields(positions_in_angstroms, points_per_block)[0]
+
+
+def carried_block_rigid_basis(
+    positions_in_angstroms: Float[np.ndarray, "n 3"],
+    points_per_block: int,
+    carried_positions_in_angstroms: Float[np.ndarray, "m 3"],
+    carried_by: Int[np.ndarray, " m"],
+) -> Float[np.ndarray, "n_basis m 3"]:
+    """`block_rigid_basis(positions_in_angstroms, points_per_block)`'s fields at other points (e.g.
+    every atom), each carried rigidly by the block of point `carried_by[i]`: field k is the same
+    infinitesimal rigid motion of each block, evaluated at the carried points. An atom then turns with
+    its residue's block instead of only following its bead's displacement.
+
+    **Returns:** `(n_basis, m, 3)`, in the order of `block_rigid_basis`'s fields.
+    """
+    return _block_rigid_fields(positions_in_angstroms, points_per_block, carried_positions_in_angstroms, carried_by)[1]
+
+
+def _block_rigid_fields(positions_in_angstroms, points_per_block, carried_positions=None, carried_by=None):
+    """`(basis (n_basis, n, 3), carried basis (n_basis, m, 3) or None)`: per block, the six rigid
+    fields F at the points, orthonormalised as S⁻¹ Vᵀ F (F's singular vectors), and the same
+    combinations of the fields evaluated at the carried points."""
     if points_per_block < 1:
         raise ValueError(f"points_per_block must be at least 1, got {points_per_block}")
     positions = np.asarray(positions_in_angstroms, dtype=np.float64)
     n = positions.shape[0]
-    blocks = []
+    carried = None if carried_positions is None else np.asarray(carried_positions, dtype=np.float64)
+    carrier = None if carried_by is None else np.asarray(carried_by)
+    m = 0 if carried is None else carried.shape[0]
+    blocks, carried_blocks = [], []
     for start in range(0, n, points_per_block):
         members = np.arange(start, min(start + points_per_block, n))
-        arms = positions[members] - positions[members].mean(axis=0)
+        centroid = positions[members].mean(axis=0)
         fields = np.zeros((6, n, 3))
+        carried_fields = np.zeros((6, m, 3))
+        riders = np.flatnonzero((carrier >= start) & (carrier < start + points_per_block)) if carrier is not None else np.zeros(0, int)
         for axis, unit in enumerate(np.eye(3)):
             fields[axis, members] = unit
-            fields[3 + axis, members] = np.cross(unit, arms)
+            fields[3 + axis, members] = np.cross(unit, positions[members] - centroid)
+            if carried is not None:
+                carried_fields[axis, riders] = unit
+                carried_fields[3 + axis, riders] = np.cross(unit, carried[riders] - centroid)
         # Orthonormal within the block (blocks do not overlap, so the blocks are orthogonal).
-        left, singular, _ = np.linalg.svd(fields.reshape(6, -1).T, full_matrices=False)
-        blocks.append(left[:, singular > 1e-8 * singular[0]].T)
-    return np.concatenate(blocks).reshape(-1, n, 3)
+        # Fᵀ = L S Rᵀ: the basis is Lᵀ = S⁻¹ Rᵀ F, the same combinations of the six motions anywhere
+        _, singular, right_t = np.linalg.svd(fields.reshape(6, -1).T, full_matrices=False)
+        keep = singular > 1e-8 * singular[0]
+        mixing = right_t[keep] / singular[keep, None]
+        blocks.append(mixing @ fields.reshape(6, -1))
+        if carried is not None:
+            carried_blocks.append(mixing @ carried_fields.reshape(6, -1))
+    basis = np.concatenate(blocks).reshape(-1, n, 3)
+    return basis, (np.concatenate(carried_blocks).reshape(-1, m, 3) if carried is not None else None)
 
 
 def _rotation_matrices(rotation_vectors: Float[Array, "n 3"]) -> Float[Array, "n 3 3"]:
