@@ -234,13 +234,6 @@ def curve_image_statistics(
     return CurveImageStatistics(cross, energy, neighbour, np.concatenate(all_starts).astype(np.int64), n_nodes)
 
 
-def _frequency_shells(box_size: int) -> np.ndarray:
-    """Each rfft2 entry's shell: its frequency's magnitude in Fourier pixels, rounded."""
-    ky = np.fft.fftfreq(box_size) * box_size
-    kx = np.fft.rfftfreq(box_size) * box_size
-    return np.rint(np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).astype(np.int64)
-
-
 def residual_power_ratio(
     render: Callable[[Float[Array, "batch n_atoms 3"], Mapping[str, Any]], Float[Array, "batch y x"]],
     inverse_noise_power: Callable[[Mapping[str, Any]], Float[Array, "*batch y x_half"]],
@@ -276,6 +269,8 @@ def residual_power_ratio(
 
     **Returns:** `(D, D // 2 + 1)` the ratio of each entry's shell (1 where no entry is observed).
     """
+    from atomicspi.microscope import half_plane_weights, radial_shell_indices
+
     nodes = jnp.asarray(node_positions, dtype=jnp.float32)
     n_nodes = nodes.shape[0]
     best_grid = np.asarray(best_grid)
@@ -302,9 +297,7 @@ def residual_power_ratio(
         inverse = jnp.linalg.inv(gram)[:, :, :, None, None]
         leverage = weights * (inverse[:, 0, 0] * jnp.abs(predicted) ** 2 + inverse[:, 1, 1] * jnp.abs(along) ** 2
                               + 2 * inverse[:, 0, 1] * (predicted * jnp.conj(along)).real)
-        multiplicity = jnp.full(images.shape[-2:], 2.0).at[:, 0].set(1.0)
-        if box_size % 2 == 0:
-            multiplicity = multiplicity.at[:, -1].set(1.0)
+        multiplicity = half_plane_weights(box_size)[None, :]
         degrees = jnp.where(weights > 0, multiplicity - leverage, 0.0)
         return weights * (residual.real**2 + residual.imag**2), degrees
 
@@ -320,7 +313,7 @@ def residual_power_ratio(
         degrees = free if degrees is None else degrees + free
     if weighted_power is None or degrees is None:
         raise ValueError("no batches")
-    shells = _frequency_shells(weighted_power.shape[0])
+    shells = np.asarray(radial_shell_indices(weighted_power.shape[0]))
     power_by_shell = np.bincount(shells.ravel(), weights=weighted_power.ravel())
     expected_by_shell = noise_std**2 * np.bincount(shells.ravel(), weights=degrees.ravel())
     ratio = np.where(expected_by_shell > 0, power_by_shell / np.maximum(expected_by_shell, 1e-300), 1.0)

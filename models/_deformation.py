@@ -141,17 +141,19 @@ class Decoder(eqx.Module):
             is_leaf=lambda x: x is None,
         )
 
-    def fine_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"] | None:
-        """The finer displacement of `with_fine_fields` (Å), or `None` without one."""
+    def fine_coefficients(self, z: Float[Array, " latent_dim"]) -> Float[Array, " n_fine"] | None:
+        """The coefficients of the fine fields (`with_fine_fields`), in Å summed over the beads, or
+        `None` without them."""
         if self.fine_map is None or self.fine_basis is None:
             return None
-        return _combination_of_fields(self.fine_map(z) * jnp.sqrt(float(self.n_beads)), self.fine_basis)
+        return self.fine_map(z) * jnp.sqrt(float(self.n_beads))
 
-    def fine_atom_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_atoms 3"] | None:
-        """The finer displacement at the atoms (with `atom_basis`), or `None`."""
-        if self.fine_map is None or self.fine_atom_basis is None:
+    def fine_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"] | None:
+        """The finer displacement of `with_fine_fields` (Å), or `None` without one."""
+        coefficients = self.fine_coefficients(z)
+        if coefficients is None or self.fine_basis is None:
             return None
-        return _combination_of_fields(self.fine_map(z) * jnp.sqrt(float(self.n_beads)), self.fine_atom_basis)
+        return _combination_of_fields(coefficients, self.fine_basis)
 
     def linear_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         """The bead displacements as a linear combination of the basis fields (every bead free without one)."""
@@ -194,10 +196,14 @@ def decoded_structure(
     atoms = blocks.move(
         context.reference_positions_in_angstroms, blocks.block_of_point[context.atom_to_bead], rotations, translations
     )
-    fine = decoder.fine_field(z)
-    if fine is not None:
-        fine_atoms = decoder.fine_atom_field(z)
-        beads, atoms = beads + fine, atoms + (fine[context.atom_to_bead] if fine_atoms is None else fine_atoms)
+    coefficients = decoder.fine_coefficients(z)  # the fine fields' MLP, once for beads and atoms
+    if coefficients is not None and decoder.fine_basis is not None:
+        fine = _combination_of_fields(coefficients, decoder.fine_basis)
+        if decoder.fine_atom_basis is None:  # each atom by its bead's displacement
+            fine_atoms = fine[context.atom_to_bead]
+        else:  # each atom with its fine block's rigid motion
+            fine_atoms = _combination_of_fields(coefficients, decoder.fine_atom_basis)
+        beads, atoms = beads + fine, atoms + fine_atoms
     return beads - context.bead_positions_in_angstroms, atoms
 
 

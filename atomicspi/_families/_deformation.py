@@ -160,10 +160,10 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         return inverse_noise_power(context, box_size, batch["indices"])
 
     # the residual power over the noise model's, per frequency shell (`residual_power_ratio`): 1 until measured
-    noise_ratio = {"grid": jnp.ones((box_size, box_size // 2 + 1), dtype=jnp.float32)}
+    noise_ratio = jnp.ones((box_size, box_size // 2 + 1), dtype=jnp.float32)
 
     def inverse_power(batch):
-        return model_inverse_power(batch) / noise_ratio["grid"]
+        return model_inverse_power(batch) / noise_ratio
 
     contrasts = jnp.asarray(contrast_grid(contrast_log_mean, _CONTRAST_LOG_STD, _CONTRASTS), dtype=jnp.float32)
 
@@ -209,7 +209,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         begun = time.perf_counter()
         _, node_atoms = decode_many_jit(weights_of, nodes_j)
         best = np.argmax(grid_posterior_weights(log_likelihood, population), axis=1)
-        noise_ratio["grid"] = jnp.asarray(residual_power_ratio(
+        noise_ratio = jnp.asarray(residual_power_ratio(
             render_each, model_inverse_power, node_atoms, batches(), best, substeps=_PATH_SUBSTEPS, noise_std=noise_std,
         ), dtype=jnp.float32)
         timed("residual power by shell", begun)  # used from the first refinement on
@@ -243,7 +243,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         "refinements": _CURVE_REFINEMENTS,
         "fine_beads_per_block": _CURVE_FINE_BEADS_PER_BLOCK if decoder.fine_map is not None else 0,
         "refinement_losses": losses,
-        "residual_power_ratio_by_shell": np.asarray(noise_ratio["grid"])[0].round(4).tolist(),
+        "residual_power_ratio_by_shell": np.asarray(noise_ratio)[0].round(4).tolist(),
         "length_in_angstroms": float(arc[-1]),
         "noise_std": noise_std,
         "envelope_b_factor_in_angstroms_squared": envelope,
