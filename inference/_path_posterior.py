@@ -504,8 +504,9 @@ def refine_curve(
     batches: Callable[[], Iterable[tuple[int, Mapping[str, Any]]]],
     *,
     n_epochs: int = 2,
-    learning_rate: float = 1e-3,
+    learning_rate: Any = 1e-3,
     top_nodes: int = 3,
+    final_learning_rate_share: float = 1.0,
 ) -> tuple[Any, list[float]]:
     """The M-step of EM along the curve: move the parameters that make the nodes' structures (a
     decoder's weights) to maximise the particles' expected log-likelihood under their posteriors
@@ -520,6 +521,9 @@ def refine_curve(
       with the nodes built from `parameters`.
     - `responsibilities`: `(n, K)` each particle's posterior mass per node (`node_responsibilities`).
     - `batches`: returns `(count, batch)` in input order, each batch with `indices`.
+    - `learning_rate`: Adam's step, one for all, or a pytree like `parameters` with one per array.
+    - `final_learning_rate_share`: each step falls along a cosine from its rate to this share of
+      it over the call's steps (1: constant).
 
     **Returns:** `(parameters, loss per epoch)`, the loss the mean negative expected log-likelihood.
     """
@@ -528,7 +532,20 @@ def refine_curve(
     top = np.argsort(-responsibilities, axis=1)[:, :top_nodes]
     top_weights = np.take_along_axis(responsibilities, top, axis=1)
     top_weights /= np.maximum(top_weights.sum(axis=1, keepdims=True), 1e-300)
-    optimizer = optax.adam(learning_rate)
+    n_steps = n_epochs * sum(1 for _ in batches()) if final_learning_rate_share != 1.0 else 0
+
+    def adam(rate):
+        if final_learning_rate_share == 1.0:
+            return optax.adam(rate)
+        return optax.adam(optax.cosine_decay_schedule(rate, max(n_steps, 1), alpha=final_learning_rate_share))
+
+    if isinstance(learning_rate, (int, float)):
+        optimizer = adam(learning_rate)
+    else:  # one Adam per distinct rate, each over the arrays that have it
+        labels = jax.tree_util.tree_map(lambda rate: repr(float(rate)), learning_rate)
+        rates = {label: float(label) for label in jax.tree_util.tree_leaves(labels)}
+        # (labels given by a function: a pytree that is itself callable, an equinox module, would be called)
+        optimizer = optax.multi_transform({label: adam(rate) for label, rate in rates.items()}, lambda _: labels)
     state = optimizer.init(parameters)
 
     def loss(parameters, batch, nodes, weights, valid):

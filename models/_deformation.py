@@ -84,7 +84,7 @@ class Decoder(eqx.Module):
     rigid_blocks: BlockRigidMotion | None
     fine_basis: Float[Array, "n_fine n_beads 3"] | None
     fine_map: eqx.nn.MLP | None
-    fine_atom_basis: Float[Array, "n_fine n_atoms 3"] | None
+    fine_atom_basis: Float[Array, "n_atom_fields n_atoms 3"] | None
     n_beads: int = eqx.field(static=True)
 
     def __init__(
@@ -122,16 +122,21 @@ class Decoder(eqx.Module):
         *,
         key: PRNGKeyArray,
         hidden_size: int = 64,
-        atom_basis: Float[Array | np.ndarray, "n_fine n_atoms 3"] | None = None,
+        atom_basis: Float[Array | np.ndarray, "n_atom_fields n_atoms 3"] | None = None,
     ) -> "Decoder":
         """The same decoder plus a finer displacement on top of its structures: an MLP of z gives
         coefficients of `basis` (orthonormal fields, e.g. the rigid motions of smaller blocks), each
         coefficient in Å root-mean-square over the beads. It starts at exactly zero (the decoded
         structures are unchanged). The atoms move by the same coefficients of `atom_basis`, the
         fields at the atoms (`carried_block_rigid_basis`: each atom turns with its block), or without
-        it follow their beads' fine displacement."""
+        it follow their beads' fine displacement. `atom_basis` may hold more fields than `basis`:
+        the first `basis.shape[0]` are the beads' fields at the atoms, the rest move atoms only
+        (`bead_turn_basis`: each residue turning about its Cα)."""
         latent_dim = self.linear.in_features
-        mlp = eqx.nn.MLP(latent_dim, basis.shape[0], hidden_size, depth=2, activation=jax.nn.gelu, key=key)
+        if atom_basis is not None and atom_basis.shape[0] < basis.shape[0]:
+            raise ValueError(f"atom_basis has {atom_basis.shape[0]} fields, fewer than the basis's {basis.shape[0]}")
+        n_outputs = basis.shape[0] if atom_basis is None else atom_basis.shape[0]
+        mlp = eqx.nn.MLP(latent_dim, n_outputs, hidden_size, depth=2, activation=jax.nn.gelu, key=key)
         last = mlp.layers[-1]
         assert last.bias is not None
         mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
@@ -141,7 +146,7 @@ class Decoder(eqx.Module):
             is_leaf=lambda x: x is None,
         )
 
-    def fine_coefficients(self, z: Float[Array, " latent_dim"]) -> Float[Array, " n_fine"] | None:
+    def fine_coefficients(self, z: Float[Array, " latent_dim"]) -> Float[Array, " n_atom_fields"] | None:
         """The coefficients of the fine fields (`with_fine_fields`), in Å summed over the beads, or
         `None` without them."""
         if self.fine_map is None or self.fine_basis is None:
@@ -153,7 +158,7 @@ class Decoder(eqx.Module):
         coefficients = self.fine_coefficients(z)
         if coefficients is None or self.fine_basis is None:
             return None
-        return _combination_of_fields(coefficients, self.fine_basis)
+        return _combination_of_fields(coefficients[: self.fine_basis.shape[0]], self.fine_basis)
 
     def linear_field(self, z: Float[Array, " latent_dim"]) -> Float[Array, "n_beads 3"]:
         """The bead displacements as a linear combination of the basis fields (every bead free without one)."""
@@ -198,7 +203,7 @@ def decoded_structure(
     )
     coefficients = decoder.fine_coefficients(z)  # the fine fields' MLP, once for beads and atoms
     if coefficients is not None and decoder.fine_basis is not None:
-        fine = _combination_of_fields(coefficients, decoder.fine_basis)
+        fine = _combination_of_fields(coefficients[: decoder.fine_basis.shape[0]], decoder.fine_basis)
         if decoder.fine_atom_basis is None:  # each atom by its bead's displacement
             fine_atoms = fine[context.atom_to_bead]
         else:  # each atom with its fine block's rigid motion

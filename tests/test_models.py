@@ -421,7 +421,7 @@ def test_fine_fields_start_at_zero_and_add_their_field_to_beads_and_atoms(exampl
     import equinox as eqx
 
     from atomicspi.models import Decoder, decoded_structure
-    from atomicspi.structure import BlockRigidMotion, block_rigid_basis, carried_block_rigid_basis
+    from atomicspi.structure import BlockRigidMotion, bead_turn_basis, block_rigid_basis, carried_block_rigid_basis
 
     structure = load_structure(example_structure_path)
     structure = structure.with_positions(structure.positions_in_angstroms - structure.positions_in_angstroms.mean(axis=0))
@@ -471,6 +471,19 @@ def test_fine_fields_start_at_zero_and_add_their_field_to_beads_and_atoms(exampl
     calpha = np.flatnonzero(np.linalg.norm(reference_atoms - beads[atom_to_bead], axis=1) < 1e-3)
     assert len(calpha) > 100
     np.testing.assert_allclose(atom_field[calpha], field[atom_to_bead[calpha]], atol=2e-4)
+
+    # Atom-only fields after the carried ones (`bead_turn_basis`): their coefficients turn each
+    # residue's atoms about its bead and leave every bead where the block fields put it.
+    turns = bead_turn_basis(beads, reference_atoms, atom_to_bead)
+    with_turns = decoder.with_fine_fields(fine_basis, key=jax.random.key(6), atom_basis=np.concatenate([atom_basis, turns]))
+    turn_coefficients = jax.random.normal(jax.random.key(8), (turns.shape[0],)) * 0.05
+    with_turns = eqx.tree_at(lambda d: d.fine_map.layers[-1].bias, with_turns, jnp.concatenate([coefficients, turn_coefficients]))
+    turned_beads_2, turned_atoms_2 = decoded_structure(context, with_turns, z)
+    np.testing.assert_allclose(np.asarray(turned_beads_2), np.asarray(turned_beads), atol=1e-5)
+    turn_field = np.sqrt(context.n_beads) * np.einsum("k,kac->ac", np.asarray(turn_coefficients), turns)
+    np.testing.assert_allclose(np.asarray(turned_atoms_2), np.asarray(turned_atoms) + turn_field, atol=2e-4)
+    with pytest.raises(ValueError, match="fewer than"):
+        decoder.with_fine_fields(fine_basis, key=jax.random.key(6), atom_basis=atom_basis[:-1])
 
     target = jnp.asarray(np.asarray(before_atoms) + 0.3)
     parameters, static = eqx.partition(fine, eqx.is_inexact_array)

@@ -20,6 +20,7 @@ from atomicspi.inference import (
     path_posterior,
     posterior_windows,
     principal_curve,
+    refine_curve,
     residual_power_ratio,
 )
 
@@ -255,3 +256,37 @@ def test_run_with_path_posterior_and_learned_envelope(tmp_path, example_structur
     assert default_collective_variable(output) == "path:0"
     with np.load(output / "landscape.npz") as landscape:
         assert np.allclose(landscape["particle_coordinate_mean"][:, 0], positions.mean(axis=0), atol=1e-3)
+
+
+def test_refine_curve_takes_one_learning_rate_per_array():
+    """`refine_curve` with a pytree of rates shaped like the parameters (an equinox module, which is
+    itself callable) runs Adam with each array's own rate: under a constant gradient every Adam step
+    moves a parameter by its rate, so two steps move the arrays by twice their rates; with a cosine
+    decay (`final_learning_rate_share`) the second step is the cosine's share of the first."""
+    import equinox as eqx
+
+    class Pair(eqx.Module):
+        slow: jax.Array
+        fast: jax.Array
+
+        def __call__(self, x):
+            return x
+
+    def node_log_likelihoods(parameters, batch, nodes):
+        return (jnp.sum(parameters.slow) + 2.0 * jnp.sum(parameters.fast)) * jnp.ones(nodes.shape)
+
+    def batches():
+        yield 4, {"indices": np.arange(4)}
+
+    start = Pair(jnp.ones(3), jnp.zeros(2))
+    responsibilities = np.full((4, 3), 1.0 / 3.0)
+    refined, history = refine_curve(start, node_log_likelihoods, responsibilities, batches, n_epochs=2, learning_rate=Pair(1e-2, 1e-1))
+    np.testing.assert_allclose(np.asarray(refined.slow), 1.0 + 2e-2, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(refined.fast), 0.2, atol=1e-5)
+    assert history[1] < history[0]
+    same, _ = refine_curve(start, node_log_likelihoods, responsibilities, batches, n_epochs=2, learning_rate=1e-2)
+    np.testing.assert_allclose(np.asarray(same.fast), 2e-2, atol=1e-6)
+    # A cosine decay over the call's two steps to 3 %: the second step is (0.03 + 0.97 / 2) of the first.
+    decayed, _ = refine_curve(start, node_log_likelihoods, responsibilities, batches, n_epochs=2, learning_rate=Pair(1e-2, 1e-1),
+                              final_learning_rate_share=0.03)
+    np.testing.assert_allclose(np.asarray(decayed.fast), 0.1 * (1.0 + 0.03 + 0.97 / 2), atol=1e-5)

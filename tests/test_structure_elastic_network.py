@@ -217,3 +217,47 @@ def test_block_rigid_motion_is_the_finite_rigid_motion_of_its_first_order_field(
     direction = jnp.asarray(block_rigid_basis(closed, 12)[17], dtype=jnp.float32)
     tangent = jax.jvp(displacement, (jnp.zeros((n, 3)),), (direction,))[1]
     np.testing.assert_allclose(np.asarray(tangent), np.asarray(direction), atol=1e-5)
+
+
+def test_bead_turn_basis_turns_each_residue_about_its_calpha(x64, example_structure_path):
+    """`bead_turn_basis`: orthonormal, at most three fields a residue, zero on every Cα and on every
+    other residue's atoms; it holds the infinitesimal rotation of any residue's atoms about its Cα to
+    round-off, and finite per-residue rotations (a different one for every residue, as when the
+    backbone bends inside a rigid block) to second order in the angle."""
+    from scipy.spatial.transform import Rotation
+
+    from atomicspi.structure import bead_turn_basis
+
+    structure = load_structure(example_structure_path)
+    atoms = structure.positions_in_angstroms
+    owner = np.asarray(structure.residue_indices)
+    calpha = np.array([a.index for a in structure.topology.atoms if a.name == "CA"])
+    beads = atoms[calpha]
+    basis = bead_turn_basis(beads, atoms, owner)
+    n_residues = beads.shape[0]
+    assert n_residues * 2 <= basis.shape[0] <= n_residues * 3
+    flat = basis.reshape(basis.shape[0], -1)
+    np.testing.assert_allclose(flat @ flat.T, np.eye(basis.shape[0]), atol=1e-10)
+    assert np.abs(basis[:, calpha]).max() == 0.0
+    supports = [np.unique(owner[np.any(np.abs(field) > 0, axis=1)]) for field in basis]
+    assert all(len(residues) == 1 for residues in supports)
+
+    rng = np.random.default_rng(3)
+    residue = 57
+    omega = rng.normal(size=3)
+    members = owner == residue
+    turn = np.zeros_like(atoms)
+    turn[members] = np.cross(omega, atoms[members] - beads[residue])
+    np.testing.assert_allclose(flat.T @ (flat @ turn.ravel()), turn.ravel(), atol=1e-9 * np.linalg.norm(turn))
+
+    angles = rng.normal(scale=0.05, size=(n_residues, 3))  # about 5° each
+    rotations = Rotation.from_rotvec(angles).as_matrix()
+    arms = atoms - beads[owner]
+    finite = np.einsum("aij,aj->ai", rotations[owner], arms) - arms
+    residual = finite.ravel() - flat.T @ (flat @ finite.ravel())
+    print(f"per-residue 5° turns: {np.linalg.norm(residual) / np.linalg.norm(finite):.4f} of the field outside the span")
+    assert np.linalg.norm(residual) < 0.06 * np.linalg.norm(finite)
+    # With the bead fixed a turn keeps every atom's distance to its Cα to first order.
+    np.testing.assert_allclose(np.sum(basis * arms[None], axis=-1), 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="atom_to_bead"):
+        bead_turn_basis(beads, atoms, owner[:-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,10 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     Before the refinement the decoder gains finer fields (`Decoder.with_fine_fields`: the rigid
     motions of blocks of `_CURVE_FINE_BEADS_PER_BLOCK` beads, starting at zero), so the curve can
     follow deformations inside the training's blocks: on the adaptive-ANM benchmark the blocks of 12
-    beads alone cannot come within 1.1 Å of the open state, blocks of 4 within 0.6 Å."""
+    beads alone cannot come within 1.1 Å of the open state, blocks of 4 within 0.6 Å. The fine
+    fields can take their own Adam step (`_CURVE_FINE_LEARNING_RATE`) and the steps can fall along a
+    cosine within each round (`_CURVE_FINAL_LEARNING_RATE_SHARE`); by default both are as the rest
+    of the decoder's, constant."""
     import equinox as eqx
 
     from atomicspi.inference import (
@@ -108,7 +112,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     )
     from atomicspi.microscope import axis_angle_to_matrix
     from atomicspi.models import decoded_structure, image_model_of, inverse_noise_power, render_images, with_envelope
-    from atomicspi.structure import block_rigid_basis, carried_block_rigid_basis
+    from atomicspi.structure import bead_turn_basis, block_rigid_basis, carried_block_rigid_basis
 
     started = time.perf_counter()
     means = np.asarray(local["z"], dtype=np.float64).mean(axis=1)
@@ -124,9 +128,11 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         # finer blocks' motions on top of the decoder's, refined along the curve only
         beads = np.asarray(context.bead_positions_in_angstroms)
         fine_basis = block_rigid_basis(beads, _CURVE_FINE_BEADS_PER_BLOCK)
-        atom_basis = carried_block_rigid_basis(
-            beads, _CURVE_FINE_BEADS_PER_BLOCK, np.asarray(context.reference_positions_in_angstroms), np.asarray(context.atom_to_bead),
-        ) if _CURVE_FINE_ATOMS_TURN else None
+        atom_positions, atom_to_bead = np.asarray(context.reference_positions_in_angstroms), np.asarray(context.atom_to_bead)
+        atom_basis = carried_block_rigid_basis(beads, _CURVE_FINE_BEADS_PER_BLOCK, atom_positions, atom_to_bead) if _CURVE_FINE_ATOMS_TURN else None
+        if _CURVE_RESIDUE_TURNS:  # and each residue's atoms turning about its bead
+            carried = atom_basis if atom_basis is not None else fine_basis[:, atom_to_bead]
+            atom_basis = np.concatenate([carried, bead_turn_basis(beads, atom_positions, atom_to_bead)])
         decoder = decoder.with_fine_fields(fine_basis, key=jax.random.fold_in(key, 1), atom_basis=atom_basis)
     weights_of, static = eqx.partition(decoder, eqx.is_inexact_array)
     image_model = image_model_of(context)
@@ -213,6 +219,13 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
             render_each, model_inverse_power, node_atoms, batches(), best, substeps=_PATH_SUBSTEPS, noise_std=noise_std,
         ), dtype=jnp.float32)
         timed("residual power by shell", begun)  # used from the first refinement on
+    # Adam's step: the fine fields may take their own (they start at zero and have the furthest to go)
+    learning_rates: Any = _CURVE_LEARNING_RATE
+    if decoder.fine_map is not None and _CURVE_FINE_LEARNING_RATE != _CURVE_LEARNING_RATE:
+        learning_rates = eqx.tree_at(
+            lambda d: d.fine_map, jax.tree_util.tree_map(lambda _: _CURVE_LEARNING_RATE, weights_of),
+            replace_fn=lambda m: jax.tree_util.tree_map(lambda _: _CURVE_FINE_LEARNING_RATE, m),
+        )
     losses = []
     for round_ in range(_CURVE_REFINEMENTS):
         print(f"path posterior: refining the curve, round {round_ + 1} of {_CURVE_REFINEMENTS} ({time.perf_counter() - started:.0f} s)",
@@ -221,7 +234,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         weights = grid_posterior_weights(log_likelihood, population)
         weights_of, history = refine_curve(
             weights_of, node_log_likelihoods, node_responsibilities(weights, len(nodes)), batches, n_epochs=_CURVE_EPOCHS,
-            learning_rate=_CURVE_LEARNING_RATE,
+            learning_rate=learning_rates, final_learning_rate_share=_CURVE_FINAL_LEARNING_RATE_SHARE,
         )
         timed(f"refinement round {round_ + 1}", begun)
         losses.append(history)
@@ -242,6 +255,8 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         "substeps": _PATH_SUBSTEPS,
         "refinements": _CURVE_REFINEMENTS,
         "fine_beads_per_block": _CURVE_FINE_BEADS_PER_BLOCK if decoder.fine_map is not None else 0,
+        "refinement_learning_rates": {"decoder": _CURVE_LEARNING_RATE, "fine_fields": _CURVE_FINE_LEARNING_RATE,
+                                      "final_share": _CURVE_FINAL_LEARNING_RATE_SHARE},
         "refinement_losses": losses,
         "residual_power_ratio_by_shell": np.asarray(noise_ratio)[0].round(4).tolist(),
         "length_in_angstroms": float(arc[-1]),
@@ -267,8 +282,11 @@ _CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
 _CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve (the second: coverage +0.02 on both benchmarks)
 _CURVE_EPOCHS = 3  # passes over the particles per round
 _CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
+_CURVE_FINE_LEARNING_RATE = 3e-3  # Adam's step for the fine fields' MLP (3e-2 with the cosine below: better on both full-size benchmarks, worse on the CI-sized stack's open state; bench/RESULTS.md, fifteenth session)
+_CURVE_FINAL_LEARNING_RATE_SHARE = 1.0  # the steps fall along a cosine to this share of their rate within each round (1: constant)
 _CURVE_RESIDUAL_NOISE = True  # the likelihood along the curve counts the residual power per frequency shell as noise (residual_power_ratio)
 _CURVE_FINE_ATOMS_TURN = True  # the fine fields move each atom with its block's rigid motion (False: by its bead's displacement)
+_CURVE_RESIDUE_TURNS = False  # the fine fields also turn each residue's atoms about its bead (bead_turn_basis)
 _CURVE_FINE_BEADS_PER_BLOCK = 4  # rigid motions of blocks of this many beads added to the decoder along the curve (0: none; bench/RESULTS.md, thirteenth session)
 
 

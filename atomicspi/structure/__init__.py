@@ -24,6 +24,7 @@ from ._normal_modes import normal_modes as normal_modes
 from ._priors import elastic_network_log_prior as elastic_network_log_prior
 from ._priors import mode_amplitude_prior as mode_amplitude_prior
 from ._rigid_motion import BlockRigidMotion as BlockRigidMotion
+from ._rigid_motion import bead_turn_basis as bead_turn_basis
 from ._rigid_motion import block_rigid_basis as block_rigid_basis
 from ._rigid_motion import carried_block_rigid_basis as carried_block_rigid_basis
 from ._rigid_motion import rigid_body_basis as rigid_body_basis

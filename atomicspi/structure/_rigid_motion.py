@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-__all__ = ["BlockRigidMotion", "block_rigid_basis", "carried_block_rigid_basis", "rigid_body_basis", "superpose"]
+__all__ = ["BlockRigidMotion", "bead_turn_basis", "block_rigid_basis", "carried_block_rigid_basis", "rigid_body_basis", "superpose"]
 
 
 def rigid_body_basis(positions_in_angstroms: Float[Array | np.ndarray, "n 3"]) -> Float[Array, "6 n 3"]:
@@ -69,6 +69,50 @@ def carried_block_rigid_basis(
     **Returns:** `(n_basis, m, 3)`, in the order of `block_rigid_basis`'s fields.
     """
     return _block_rigid_fields(positions_in_angstroms, points_per_block, carried_positions_in_angstroms, carried_by)[1]
+
+
+def bead_turn_basis(
+    bead_positions_in_angstroms: Float[np.ndarray, "n_beads 3"],
+    atom_positions_in_angstroms: Float[np.ndarray, "n_atoms 3"],
+    atom_to_bead: Int[np.ndarray, " n_atoms"],
+) -> Float[np.ndarray, "n_basis n_atoms 3"]:
+    """The infinitesimal rotations of each bead's atoms about the bead (a residue turning about its
+    Cα, the bead itself fixed): per bead the fields ω × (r − b) on its own atoms, zero elsewhere,
+    orthonormalised within the bead (its atoms' fields do not overlap other beads', so the beads'
+    are orthogonal).
+
+    Rigid blocks of several residues carry every residue's atoms the same way; these fields let each
+    residue's side chain and peptide atoms turn on their own, as they do when the backbone bends
+    inside a block.
+
+    **Arguments:**
+
+    - `bead_positions_in_angstroms`: `(n_beads, 3)` the pivots.
+    - `atom_positions_in_angstroms`: `(n_atoms, 3)` the atoms.
+    - `atom_to_bead`: `(n_atoms,)` each atom's bead.
+
+    **Returns:** `(n_basis, n_atoms, 3)` orthonormal fields, up to 3 per bead (fewer where its atoms
+    lie on a line through it; none for a bead whose only atom sits on it).
+    """
+    beads = np.asarray(bead_positions_in_angstroms, dtype=np.float64)
+    atoms = np.asarray(atom_positions_in_angstroms, dtype=np.float64)
+    owner = np.asarray(atom_to_bead)
+    if owner.shape != (atoms.shape[0],):
+        raise ValueError(f"atom_to_bead has shape {owner.shape}, expected ({atoms.shape[0]},)")
+    fields = []
+    for bead in range(beads.shape[0]):
+        members = np.flatnonzero(owner == bead)
+        if members.size == 0:
+            continue
+        arms = atoms[members] - beads[bead]
+        local = np.stack([np.cross(unit, arms) for unit in np.eye(3)]).reshape(3, -1)  # (3, 3·members)
+        _, singular, right_t = np.linalg.svd(local, full_matrices=False)
+        keep = singular > 1e-6 * max(singular[0], 1e-12)
+        for row in right_t[keep]:
+            field = np.zeros((atoms.shape[0], 3))
+            field[members] = row.reshape(-1, 3)
+            fields.append(field)
+    return np.stack(fields) if fields else np.zeros((0, atoms.shape[0], 3))
 
 
 def _block_rigid_fields(positions_in_angstroms, points_per_block, carried_positions=None, carried_by=None):
