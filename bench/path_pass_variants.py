@@ -32,6 +32,7 @@ VARIANTS = {
     "fine_learning_rate_1e-2": {"_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
     "fine_learning_rate_3e-2": {"_CURVE_FINE_LEARNING_RATE": 3e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
     "fine_learning_rate_3e-2_cosine": {"_CURVE_FINE_LEARNING_RATE": 3e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
+    "fine_learning_rate_1e-2_cosine": {"_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "fine_learning_rate_1e-1_cosine": {"_CURVE_FINE_LEARNING_RATE": 1e-1, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "constant_learning_rate_3e-3": {"_CURVE_FINE_LEARNING_RATE": 3e-3, "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
 }
