@@ -10,7 +10,7 @@ CTF, the contrast marginalised under its true log-normal spread:
 If the truth is much more likely than the fit, the data say the fit has not reached what the images
 hold (not a noise limit); if the block limit is no more likely than the fit, the block family's Cα
 accuracy is not what the likelihood rewards. The clean-image scale of each structure is fitted by
-least squares across the particles, as `bench/path_oracle.py` does.
+least squares across the particles, and the likelihood is `bench/path_oracle.py`'s.
 
     python bench/path_likelihood_gap.py /tmp/bench/aanm output --low 0.75 --high 1.01
 """
@@ -23,8 +23,6 @@ import pathlib
 import sys
 
 import numpy as np
-import scipy.special
-import scipy.stats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -32,17 +30,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 def block_limit_structures(reference_atoms, residue_of_atom, is_calpha, true_atoms, residues_per_block: int) -> np.ndarray:
     """`(n, n_atoms, 3)`: per structure, each block of consecutive residues moved rigidly by the
     Kabsch superposition of its reference Cα onto the true Cα."""
+    from atomicspi._transition_paths import _kabsch
+
     limit = np.empty_like(true_atoms)
     for first in range(0, int(residue_of_atom.max()) + 1, residues_per_block):
         atoms = (residue_of_atom >= first) & (residue_of_atom < first + residues_per_block)
         anchors = atoms & is_calpha
-        mobile = reference_atoms[anchors]
-        mobile_centre = mobile.mean(axis=0)
-        for k, target in enumerate(true_atoms):
-            target_centre = target[anchors].mean(axis=0)
-            u, _, vt = np.linalg.svd((mobile - mobile_centre).T @ (target[anchors] - target_centre))
-            correction = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-            limit[k][atoms] = (reference_atoms[atoms] - mobile_centre) @ (u @ correction @ vt) + target_centre
+        rotations, translations = _kabsch(reference_atoms[anchors][None], true_atoms[:, anchors])  # one per structure
+        limit[:, atoms] = np.einsum("nij,aj->nai", rotations, reference_atoms[atoms]) + translations[:, None]
     return limit
 
 
@@ -52,6 +47,7 @@ def main() -> None:
     import mdtraj
 
     from adk_paths import centred_structures, path_conformations
+    from path_oracle import node_log_likelihoods
     from atomicspi._batches import ctf_parameters, ordered_batches
     from atomicspi.io import load_config, load_particles
     from atomicspi.microscope import make_image_model
@@ -108,14 +104,10 @@ def main() -> None:
                                   jnp.asarray(batch["rotations"][take]), jnp.asarray(batch["shifts_in_angstroms"][take]), ctf)
             cross[name][rows], energy[name][rows] = np.asarray(c), np.asarray(e)
 
-    quantiles = (np.arange(41) + 0.5) / 41
-    contrasts = np.exp(simulation["contrast_log_std"] * scipy.stats.norm.ppf(quantiles))
     log_likelihood, rmsd = {}, {}
     for name in candidates:
         scale = np.sum(cross[name]) / np.sum(energy[name])  # noise is unit, as simulated
-        amplitude = contrasts[None] * scale
-        log_likelihood[name] = scipy.special.logsumexp(
-            amplitude * cross[name][:, None] - 0.5 * amplitude**2 * energy[name][:, None], axis=1) - np.log(len(contrasts))
+        log_likelihood[name] = node_log_likelihoods(cross[name][:, None], energy[name][:, None], scale, simulation["contrast_log_std"])[:, 0]
         difference = candidates[name] - true_atoms
         rmsd[name] = {"calpha": float(np.median(np.sqrt(np.mean(np.sum(difference[:, is_calpha] ** 2, -1), -1)))),
                       "all_atoms": float(np.median(np.sqrt(np.mean(np.sum(difference**2, -1), -1))))}

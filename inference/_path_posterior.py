@@ -520,7 +520,8 @@ def refine_curve(
     - `node_log_likelihoods`: `(parameters, batch, node indices (B, T)) → (B, T)` log p(image | node)
       with the nodes built from `parameters`.
     - `responsibilities`: `(n, K)` each particle's posterior mass per node (`node_responsibilities`).
-    - `batches`: returns `(count, batch)` in input order, each batch with `indices`.
+    - `batches`: returns `(count, batch)` in input order, each batch with `indices`, padded to one
+      size (as `atomicspi._batches.ordered_batches`).
     - `learning_rate`: Adam's step, one for all, or a pytree like `parameters` with one per array.
     - `final_learning_rate_share`: each step falls along a cosine from its rate to this share of
       it over the call's steps (1: constant).
@@ -532,7 +533,10 @@ def refine_curve(
     top = np.argsort(-responsibilities, axis=1)[:, :top_nodes]
     top_weights = np.take_along_axis(responsibilities, top, axis=1)
     top_weights /= np.maximum(top_weights.sum(axis=1, keepdims=True), 1e-300)
-    n_steps = n_epochs * sum(1 for _ in batches()) if final_learning_rate_share != 1.0 else 0
+    if final_learning_rate_share != 1.0:
+        # batches are padded to one size: the first gives the steps per epoch without reading the rest
+        _, first = next(iter(batches()))
+        n_steps = n_epochs * -(-responsibilities.shape[0] // len(first["indices"]))
 
     def adam(rate):
         if final_learning_rate_share == 1.0:
