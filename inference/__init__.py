@@ -26,6 +26,7 @@ from ._path_posterior import contrast_grid as contrast_grid
 from ._path_posterior import curve_explained_variance as curve_explained_variance
 from ._path_posterior import curve_grid as curve_grid
 from ._path_posterior import curve_image_statistics as curve_image_statistics
+from ._path_posterior import extend_curve_along_structure as extend_curve_along_structure
 from ._path_posterior import grid_log_likelihoods as grid_log_likelihoods
 from ._path_posterior import grid_posterior_weights as grid_posterior_weights
 from ._path_posterior import node_responsibilities as node_responsibilities

@@ -33,7 +33,7 @@ import scipy.stats
 from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray
 
 __all__ = [
-    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_explained_variance", "curve_grid", "curve_image_statistics",
+    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_explained_variance", "curve_grid", "extend_curve_along_structure", "curve_image_statistics",
     "grid_log_likelihoods", "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior",
     "posterior_windows", "principal_curve", "refine_curve", "residual_power_ratio", "weighted_inner_product",
 ]
@@ -69,11 +69,17 @@ def principal_curve(
     iterations: int = 10,
     bandwidth_in_nodes: float = 2.0,
     extension: float = 0.1,
+    running_lines: bool = False,
 ) -> Float[np.ndarray, "n_nodes d"]:
     """The principal curve through a cloud of points (Hastie & Stuetzle 1989): start on the first
     principal axis; then repeatedly project every point on the curve (arc length) and move each node
     to the kernel-weighted mean of the points projected near it (Gaussian kernel of
-    `bandwidth_in_nodes` node spacings), nodes respaced equally in arc length.
+    `bandwidth_in_nodes` node spacings), nodes respaced equally in arc length. With `running_lines`
+    each node is instead the value at its arc length of the kernel-weighted straight-line fit of the
+    points against their arc length (Hastie & Stuetzle's "running lines"): a kernel-weighted mean
+    pulls the end nodes inwards by about a bandwidth (every point near an end lies on one side of
+    it), a line through the same points does not, so a smooth curve (a wide kernel) still reaches
+    the extreme points.
 
     **Arguments:**
 
@@ -84,6 +90,7 @@ def principal_curve(
     - `extension`: each end is extended straight along its end direction by this share of the
       curve's length (means are shrunk towards the population's centre; the extreme particles'
       posteriors need room beyond them).
+    - `running_lines`: local straight-line fits instead of local means (see above).
 
     **Returns:** `(n_nodes, d)` nodes ordered along the curve, equally spaced in arc length; the
     first node is at the end where the first principal coordinate is smallest.
@@ -103,9 +110,17 @@ def principal_curve(
         total = max(float(np.sum(np.linalg.norm(np.diff(nodes, axis=0), axis=1))), 1e-12)
         targets = np.linspace(0.0, total, n_nodes)
         width = bandwidth_in_nodes * total / (n_nodes - 1)
-        weights = np.exp(-0.5 * ((arc[None] - targets[:, None]) / width) ** 2)  # (K, n)
+        offsets = arc[None] - targets[:, None]  # (K, n)
+        weights = np.exp(-0.5 * (offsets / width) ** 2)
         weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
-        nodes = _resample_by_arc_length(weights @ points, n_nodes)
+        smoothed = weights @ points
+        if running_lines:  # the weighted least-squares line's value at each node's arc length
+            first = np.sum(weights * offsets, axis=1)  # weighted mean offset
+            second = np.sum(weights * offsets**2, axis=1)
+            variance = second - first**2
+            slope = ((weights * offsets) @ points - first[:, None] * smoothed) / np.maximum(variance, 1e-12 * width**2)[:, None]
+            smoothed = smoothed - first[:, None] * slope
+        nodes = _resample_by_arc_length(smoothed, n_nodes)
     # Extend both ends straight on, then respace.
     total = float(np.sum(np.linalg.norm(np.diff(nodes, axis=0), axis=1)))
     head, tail = nodes[0] - nodes[1], nodes[-1] - nodes[-2]
@@ -116,6 +131,71 @@ def principal_curve(
     if (nodes[-1] - nodes[0]) @ axis < 0:
         nodes = nodes[::-1]
     return nodes
+
+
+def extend_curve_along_structure(
+    nodes: Float[np.ndarray, "n_nodes d"],
+    structure_of: Callable[[Float[Array, " d"]], Float[Array, " m"]],
+    extension: float,
+    *,
+    tangent_nodes: int = 3,
+    largest_step_in_spacings: float = 2.0,
+) -> Float[np.ndarray, "n_nodes d"]:
+    """Extend a latent curve at both ends so that its *structures* run on straight: from each end,
+    Gauss–Newton steps in the latent whose decoded structure moves along the structures' direction
+    at that end, until the structures have gone `extension` × their length along the curve.
+
+    A straight extension in the latent (`principal_curve`'s `extension`) runs on along the curve's
+    last latent direction. Where the particles' latent means hardly change with their position near
+    an end (the guide's noise dominates there), that direction is noise, and the decoder can turn it
+    into structures that run back along the path: on the adaptive-ANM benchmark the curve's open end
+    folded back at 0.84 of the path, so no particle further open could be placed beyond it. The
+    structures' own direction at the end (over `tangent_nodes` node spacings) is set by all the
+    particles the curve was fitted to.
+
+    **Arguments:**
+
+    - `nodes`: `(K, d)` the curve's latent nodes, not yet extended, ordered along it.
+    - `structure_of`: latent `(d,)` → structure `(m,)` (flattened), differentiable with JAX.
+    - `extension`: the extension at each end as a share of the structures' length along the curve
+      (the sum of the node-to-node structure distances).
+    - `tangent_nodes`: node spacings over which the end direction is measured.
+    - `largest_step_in_spacings`: a latent step is at most this many of the curve's mean latent
+      node spacings (where the decoder hardly moves, the least-squares step would be unbounded).
+
+    **Returns:** `(K, d)` latent nodes of the extended curve, equally spaced in latent arc length.
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    n_nodes = len(nodes)
+    if n_nodes <= tangent_nodes:
+        raise ValueError(f"extend_curve_along_structure needs more than tangent_nodes = {tangent_nodes} nodes, got {n_nodes}")
+    flat = jax.jit(lambda z: jnp.ravel(structure_of(z)))
+    jacobian = jax.jit(jax.jacfwd(flat))
+    structures = np.stack([np.asarray(flat(jnp.asarray(z, dtype=jnp.float32)), dtype=np.float64) for z in nodes])
+    length = float(np.sum(np.linalg.norm(np.diff(structures, axis=0), axis=1)))
+    spacing = float(np.mean(np.linalg.norm(np.diff(nodes, axis=0), axis=1)))
+    n_steps = max(1, int(round(extension * (n_nodes - 1))))
+
+    def run_on(end: int, inward: int) -> np.ndarray:
+        direction = structures[end] - structures[inward]
+        direction /= max(float(np.linalg.norm(direction)), 1e-300)
+        step = direction * extension * length / n_steps  # equal structure steps along the end direction
+        z, target, added = nodes[end].copy(), structures[end].copy(), []
+        for _ in range(n_steps):
+            target = target + step
+            current = np.asarray(flat(jnp.asarray(z, dtype=jnp.float32)), dtype=np.float64)
+            matrix = np.asarray(jacobian(jnp.asarray(z, dtype=jnp.float32)), dtype=np.float64)  # (m, d)
+            delta = np.linalg.lstsq(matrix, target - current, rcond=None)[0]
+            size = float(np.linalg.norm(delta))
+            if size > largest_step_in_spacings * spacing:
+                delta *= largest_step_in_spacings * spacing / size
+            z = z + delta
+            added.append(z.copy())
+        return np.asarray(added)
+
+    head = run_on(0, tangent_nodes)[::-1]
+    tail = run_on(n_nodes - 1, n_nodes - 1 - tangent_nodes)
+    return _resample_by_arc_length(np.concatenate([head, nodes, tail]), n_nodes)
 
 
 def curve_explained_variance(points: Float[np.ndarray, "n d"], nodes: Float[np.ndarray, "n_nodes d"]) -> float:

@@ -14,6 +14,7 @@ from atomicspi.inference import (
     curve_explained_variance,
     curve_grid,
     curve_image_statistics,
+    extend_curve_along_structure,
     grid_log_likelihoods,
     grid_posterior_weights,
     path_population,
@@ -41,6 +42,50 @@ def test_principal_curve_follows_a_noisy_arc():
     assert steps.std() / steps.mean() < 0.01
     # The straight start (first principal axis) is not the answer: the arc's middle is off it.
     assert abs(np.abs(node_angles[20]) - np.pi / 2) < 0.1
+
+
+def test_running_lines_reach_the_ends_that_local_means_cut_short():
+    """Points uniform along a segment from −5 to 5, scattered 0.3 off it. With a wide kernel (4 node
+    spacings of 21 nodes), each end node of the local-mean curve is the mean of points on one side of
+    it, ≈ 0.8 kernel widths inside the end, and respacing the shrunk curve shrinks it again at every
+    iteration; the kernel-weighted line through the same points has no such bias: its end nodes lie
+    on the segment's ends."""
+    rng = np.random.default_rng(2)
+    along = rng.uniform(-5.0, 5.0, 3000)
+    points = np.concatenate([along[:, None], 0.3 * rng.standard_normal((3000, 3))], axis=1)
+    means = principal_curve(points, 21, bandwidth_in_nodes=4.0, extension=0.0)
+    lines = principal_curve(points, 21, bandwidth_in_nodes=4.0, extension=0.0, running_lines=True)
+    assert np.all(np.abs(np.abs(lines[[0, -1], 0]) - 5.0) < 0.1)
+    assert np.all(np.abs(means[[0, -1], 0]) < 4.0)
+    assert np.max(np.abs(lines[:, 1:])) < 0.05  # on the segment
+    steps = np.linalg.norm(np.diff(lines, axis=0), axis=1)
+    assert steps.std() / steps.mean() < 0.01
+
+
+def test_extension_along_the_structures_runs_on_where_a_straight_latent_extension_folds_back():
+    """Decoder u(z) = z₀ − z₀³/3 + z₁ and a curve along z₀ ∈ [−0.9, 0.9] (z₁ = 0): u rises along it,
+    but past z₀ = 1 it falls, so the straight extension in the latent (to z₀ = ±1.35) folds the
+    structures back. Extended along the structures instead, u runs on monotonically to ±(0.657 +
+    0.25 × 1.314): the least-squares steps turn into z₁, where u still grows."""
+    def structure_of(z):
+        return jnp.stack([z[0] - z[0] ** 3 / 3 + z[1], 0.0 * z[1]])
+
+    def u(nodes):
+        return nodes[:, 0] - nodes[:, 0] ** 3 / 3 + nodes[:, 1]
+
+    nodes = np.stack([np.linspace(-0.9, 0.9, 19), np.zeros(19)], axis=1)
+    end, length = u(nodes)[-1], u(nodes)[-1] - u(nodes)[0]
+    straight = np.stack([np.linspace(-1.35, 1.35, 19), np.zeros(19)], axis=1)  # 0.25 of the length on at each end
+    assert u(straight)[-1] < end - 0.05 and np.any(np.diff(u(straight)) < 0)  # the fold
+    extended = extend_curve_along_structure(nodes, structure_of, 0.25)
+    assert extended.shape == nodes.shape
+    assert np.all(np.diff(u(extended)) > 0)
+    assert u(extended)[-1] == pytest.approx(end + 0.25 * length, abs=0.01)
+    assert u(extended)[0] == pytest.approx(-(end + 0.25 * length), abs=0.01)
+    # A linear decoder: the same as the straight extension in the latent.
+    matrix = np.random.default_rng(3).standard_normal((5, 2))
+    linear = extend_curve_along_structure(nodes, lambda z: jnp.asarray(matrix, dtype=z.dtype) @ z, 0.25)
+    assert np.allclose(linear, straight, atol=1e-4)
 
 
 def test_curve_explained_variance_against_the_variances_of_a_cloud():

@@ -88,9 +88,13 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     motions of blocks of `_CURVE_FINE_BEADS_PER_BLOCK` beads, starting at zero), so the curve can
     follow deformations inside the training's blocks: on the adaptive-ANM benchmark the blocks of 12
     beads alone cannot come within 1.1 Å of the open state, blocks of 4 within 0.6 Å. The fine
-    fields can take their own Adam step (`_CURVE_FINE_LEARNING_RATE`) and the steps can fall along a
-    cosine within each round (`_CURVE_FINAL_LEARNING_RATE_SHARE`); by default both are as the rest
-    of the decoder's, constant."""
+    fields take their own Adam step (`_CURVE_FINE_LEARNING_RATE`, 1e-2 against the decoder's 3e-3)
+    and every step falls along a cosine within each round (`_CURVE_FINAL_LEARNING_RATE_SHARE`).
+
+    The curve is smooth (`_CURVE_BANDWIDTH_IN_NODES`, running lines): at a kernel of 2 node spacings
+    it snaked through each state's cloud of latent means, so at the states' centres it spent its
+    length on excursions off the path (the images' noise in the latent's other directions), and the
+    particles there were placed too close to the centre, too confidently."""
     import equinox as eqx
 
     from atomicspi.inference import (
@@ -99,6 +103,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         curve_explained_variance,
         curve_grid,
         curve_image_statistics,
+        extend_curve_along_structure,
         grid_log_likelihoods,
         grid_posterior_weights,
         node_responsibilities,
@@ -116,14 +121,17 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
     started = time.perf_counter()
     means = np.asarray(local["z"], dtype=np.float64).mean(axis=1)
-    nodes = principal_curve(means, config.path_nodes, extension=_CURVE_EXTENSION)
+    nodes = principal_curve(means, config.path_nodes, bandwidth_in_nodes=_CURVE_BANDWIDTH_IN_NODES,
+                            extension=0.0 if _CURVE_EXTEND_ALONG_STRUCTURE else _CURVE_EXTENSION, running_lines=_CURVE_RUNNING_LINES)
+    context = fitted.model_arguments["context"]
+    decoder = _fitted_decoder(fitted)
+    if _CURVE_EXTEND_ALONG_STRUCTURE:  # the ends run on where the decoded structures were heading
+        nodes = extend_curve_along_structure(nodes, lambda z: decoded_structure(context, decoder, z)[0], _CURVE_EXTENSION)
     explained = curve_explained_variance(means, nodes)
     if explained < _PATH_EXPLAINED_VARIANCE_WARNING:
         print(f"path posterior: warning: the principal curve explains only {explained:.2f} of the latent means' variance; "
               "if the particles move in more than one independent way, set path_nodes: 0 to keep the guide's latent draws",
               file=sys.stderr)
-    context = fitted.model_arguments["context"]
-    decoder = _fitted_decoder(fitted)
     if _CURVE_FINE_BEADS_PER_BLOCK and decoder.rigid_blocks is not None:
         # finer blocks' motions on top of the decoder's, refined along the curve only
         beads = np.asarray(context.bead_positions_in_angstroms)
@@ -273,7 +281,10 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
     return local, diagnostics, fitted._replace(parameters=parameters, model_arguments={**fitted.model_arguments, **refined})
 
 
-_PATH_EXPLAINED_VARIANCE_WARNING = 0.6  # under this share of the latent means' variance, a warning (0.81-0.82 on the one-dimensional benchmark motions)
+_PATH_EXPLAINED_VARIANCE_WARNING = 0.6  # under this share of the latent means' variance, a warning (0.72-0.76 on the one-dimensional benchmark motions; 0.81-0.82 with the snaking curve of bandwidth 2)
+_CURVE_BANDWIDTH_IN_NODES = 4.0  # the principal curve's kernel width in node spacings (2: the curve snaked through each state's cloud of latent means; the means' rms distance from the curve is ≈ 4 spacings on both benchmarks, so shorter bends are their noise; bench/RESULTS.md, sixteenth session)
+_CURVE_RUNNING_LINES = True  # the principal curve's nodes are local straight-line fits, not local means (which cut a wide kernel's ends short)
+_CURVE_EXTEND_ALONG_STRUCTURE = False  # the curve's ends run on straight in structure (extend_curve_along_structure), not in the latent
 _CURVE_EXTENSION = 0.25  # the curve runs on past the extreme latent means by this share of its length at each end (0.1: the path ends were cut off, bench/RESULTS.md)
 _PATH_SUBSTEPS = 8  # grid points per interval between the curve's nodes
 _PATH_WINDOW = 10  # at least this many nodes rendered per particle after the first pass (posterior_windows)
@@ -282,8 +293,8 @@ _CONTRASTS = 41  # equal-mass grid the contrast is marginalised on
 _CURVE_REFINEMENTS = 2  # EM rounds that move the decoder along the curve (the second: coverage +0.02 on both benchmarks)
 _CURVE_EPOCHS = 3  # passes over the particles per round
 _CURVE_LEARNING_RATE = 3e-3  # Adam's step for the decoder's weights in those rounds
-_CURVE_FINE_LEARNING_RATE = 3e-3  # Adam's step for the fine fields' MLP (3e-2 with the cosine below: better on both full-size benchmarks, worse on the CI-sized stack's open state; bench/RESULTS.md, fifteenth session)
-_CURVE_FINAL_LEARNING_RATE_SHARE = 1.0  # the steps fall along a cosine to this share of their rate within each round (1: constant)
+_CURVE_FINE_LEARNING_RATE = 1e-2  # Adam's step for the fine fields' MLP (3e-2: the CI-sized stack's open state fitted noise; bench/RESULTS.md, fifteenth session)
+_CURVE_FINAL_LEARNING_RATE_SHARE = 0.03  # the steps fall along a cosine to this share of their rate within each round (1: constant)
 _CURVE_RESIDUAL_NOISE = True  # the likelihood along the curve counts the residual power per frequency shell as noise (residual_power_ratio)
 _CURVE_FINE_ATOMS_TURN = True  # the fine fields move each atom with its block's rigid motion (False: by its bead's displacement)
 _CURVE_RESIDUE_TURNS = False  # the fine fields also turn each residue's atoms about its bead (bead_turn_basis)
