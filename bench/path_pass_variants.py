@@ -40,6 +40,7 @@ VARIANTS = {
     "running_lines_6": {"_CURVE_RUNNING_LINES": True, "_CURVE_BANDWIDTH_IN_NODES": 6.0, "_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "running_lines_8": {"_CURVE_RUNNING_LINES": True, "_CURVE_BANDWIDTH_IN_NODES": 8.0},
     "structure_extension": {"_CURVE_EXTEND_ALONG_STRUCTURE": True},
+    "structure_extension_no_refinement": {"_CURVE_EXTEND_ALONG_STRUCTURE": True, "_CURVE_REFINEMENTS": 0},
     "kernel_means_2": {"_CURVE_RUNNING_LINES": False, "_CURVE_BANDWIDTH_IN_NODES": 2.0},
     "constant_learning_rate_3e-3": {"_CURVE_FINE_LEARNING_RATE": 3e-3, "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
 }
