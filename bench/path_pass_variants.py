@@ -1,8 +1,8 @@
 """The curve posterior's cost against its accuracy: rerun only the posterior pass of a finished
 `deformation` fit (its checkpoint, through `--resume`) with other schedules of the path pass
 (`atomicspi/_families/_deformation.py`: its refinement rounds, how far the curve runs past the means, the
-finer blocks added to the decoder; a variant leaves the others at the module's defaults), each in a copy
-of the output folder, then score with `bench/adk_paths.py --evaluate`.
+finer blocks added to the decoder, the curve's smoother; a variant leaves the others at the module's defaults, which
+move between sessions: `fifteenth_session_defaults` pins the previous ones), each in a copy of the output folder, then score with `bench/adk_paths.py --evaluate`.
 
     python bench/path_pass_variants.py --folder /tmp/bench/aanm --variant one_round
     python bench/adk_paths.py --evaluate /tmp/bench/aanm/output_one_round --folder /tmp/bench/aanm
@@ -34,14 +34,14 @@ VARIANTS = {
     "fine_learning_rate_3e-2_cosine": {"_CURVE_FINE_LEARNING_RATE": 3e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "fine_learning_rate_1e-2_cosine": {"_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "fine_learning_rate_1e-1_cosine": {"_CURVE_FINE_LEARNING_RATE": 1e-1, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
-    "bandwidth_4": {"_CURVE_BANDWIDTH_IN_NODES": 4.0, "_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
-    "bandwidth_6": {"_CURVE_BANDWIDTH_IN_NODES": 6.0, "_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
+    "kernel_means_4": {"_CURVE_RUNNING_LINES": False, "_CURVE_BANDWIDTH_IN_NODES": 4.0, "_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "running_lines_4": {"_CURVE_RUNNING_LINES": True, "_CURVE_BANDWIDTH_IN_NODES": 4.0, "_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
-    "running_lines_6": {"_CURVE_RUNNING_LINES": True, "_CURVE_BANDWIDTH_IN_NODES": 6.0, "_CURVE_FINE_LEARNING_RATE": 1e-2, "_CURVE_FINAL_LEARNING_RATE_SHARE": 0.03},
     "running_lines_8": {"_CURVE_RUNNING_LINES": True, "_CURVE_BANDWIDTH_IN_NODES": 8.0},
     "structure_extension": {"_CURVE_EXTEND_ALONG_STRUCTURE": True},
     "structure_extension_no_refinement": {"_CURVE_EXTEND_ALONG_STRUCTURE": True, "_CURVE_REFINEMENTS": 0},
     "kernel_means_2": {"_CURVE_RUNNING_LINES": False, "_CURVE_BANDWIDTH_IN_NODES": 2.0},
+    "fifteenth_session_defaults": {"_CURVE_RUNNING_LINES": False, "_CURVE_BANDWIDTH_IN_NODES": 2.0, "_CURVE_FINE_LEARNING_RATE": 3e-3,
+                                   "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
     "constant_learning_rate_3e-3": {"_CURVE_FINE_LEARNING_RATE": 3e-3, "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
 }
 

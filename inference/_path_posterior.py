@@ -33,7 +33,7 @@ import scipy.stats
 from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray
 
 __all__ = [
-    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_explained_variance", "curve_grid", "extend_curve_along_structure", "curve_image_statistics",
+    "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_explained_variance", "curve_grid", "curve_image_statistics", "extend_curve_along_structure",
     "grid_log_likelihoods", "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior",
     "posterior_windows", "principal_curve", "refine_curve", "residual_power_ratio", "weighted_inner_product",
 ]
@@ -148,10 +148,11 @@ def extend_curve_along_structure(
     A straight extension in the latent (`principal_curve`'s `extension`) runs on along the curve's
     last latent direction. Where the particles' latent means hardly change with their position near
     an end (the guide's noise dominates there), that direction is noise, and the decoder can turn it
-    into structures that run back along the path: on the adaptive-ANM benchmark the curve's open end
-    folded back at 0.84 of the path, so no particle further open could be placed beyond it. The
-    structures' own direction at the end (over `tangent_nodes` node spacings) is set by all the
-    particles the curve was fitted to.
+    into structures that run back along the path. This extension follows the structures' own
+    direction at the end (over `tangent_nodes` node spacings) instead, as far as the decoder can
+    move that way. (On the adaptive-ANM benchmark it did not move the fold of the curve's open end:
+    there the trained decoder can follow only a third of the path's continuation; bench/RESULTS.md,
+    sixteenth session.)
 
     **Arguments:**
 
