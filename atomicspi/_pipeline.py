@@ -38,7 +38,7 @@ _ENVELOPE_PRIOR_IN_ANGSTROMS_SQUARED = 50.0  # prior sd of the learned envelope 
 def _hashable_configuration(config) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     settings = dataclasses.asdict(config)
-    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "path_nodes", "yaml_path", "output_atoms",
+    for name in ("output", "checkpoint_every", "samples_per_particle", "mode_candidates", "path_nodes", "importance_proposals", "yaml_path", "output_atoms",
                  "output_budget_in_gigabytes", "ensemble_size"):
         settings.pop(name, None)
     if settings.get("learning_rate_schedule") == "constant":  # else the schedule depends on num_steps

@@ -77,6 +77,7 @@ def importance_resampled_draws(
     site: str = "z",
     n_proposals: int = 64,
     proposal_scale: float = 1.5,
+    site_unit: Float[ArrayLike, "..."] = 1.0,
 ) -> tuple[dict[str, np.ndarray], Float[np.ndarray, " n_particles"]]:
     """Per-particle draws of the local sites from the model's posterior given the fitted global
     parameters, by importance resampling from a Laplace proposal.
@@ -96,8 +97,9 @@ def importance_resampled_draws(
 
     **Arguments:**
 
-    - `model`, `guide`: called as `f(**batch, **model_arguments)`; `site` must be a diagonal
-      Normal (`.to_event(1)`) in the guide, inside the `particle` plate.
+    - `model`, `guide`: called as `f(**batch, **model_arguments)`; `site` must be a vector-valued
+      normal in the guide (a diagonal `Normal(...).to_event(1)` or a multivariate normal), inside
+      the `particle` plate.
     - `params`: the fitted parameters (guide and model).
     - `batches`: minibatch dicts in particle order.
     - `n_samples`: draws kept per particle.
@@ -105,6 +107,8 @@ def importance_resampled_draws(
     - `local_sites`: the per-particle sites to return.
     - `site`: the site with the Laplace proposal.
     - `n_proposals`, `proposal_scale`: proposals per particle and the widening of the Laplace covariance.
+    - `site_unit`: the unit (a scalar or one per dimension) in which the Newton step is capped at
+      length 1: the prior's standard deviation of `site` (1 for a standard-normal latent).
 
     **Returns:** `(local, effective_sample_sizes)`: `local[name]` `(n_particles, n_samples, ...)`,
     and the Kish effective sample size of each particle's weights `(n_particles,)`.
@@ -122,8 +126,8 @@ def importance_resampled_draws(
     def laplace(key, batch):
         """Per-particle centre and Cholesky factor of the widened Laplace proposal for `site`."""
         trace = guide_trace(key, batch)
-        loc = trace[site]["fn"].base_dist.loc
-        scale = trace[site]["fn"].base_dist.scale
+        loc = trace[site]["fn"].mean
+        scale = jnp.sqrt(trace[site]["fn"].variance)
         batch_size, dimension = loc.shape
         # Every other site, global or local, at its guide mean: the proposals are for p(site | image, rest).
         others = {name: s["fn"].mean for name, s in trace.items() if s["type"] == "sample" and name != site}
@@ -144,7 +148,7 @@ def importance_resampled_draws(
         eigenvalues = jnp.maximum(eigenvalues, 0.25 * floor)
         covariance = jnp.einsum("bij,bj,bkj->bik", eigenvectors, 1.0 / eigenvalues, eigenvectors)
         step = jnp.einsum("bij,bj->bi", covariance, gradient)
-        length = jnp.linalg.norm(step, axis=-1, keepdims=True)
+        length = jnp.linalg.norm(step / jnp.asarray(site_unit, step.dtype), axis=-1, keepdims=True)
         centre = loc + step * jnp.minimum(1.0, 1.0 / jnp.maximum(length, 1e-12))  # at most one prior sd
         return centre, jnp.linalg.cholesky(proposal_scale**2 * covariance), others
 

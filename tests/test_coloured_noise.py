@@ -200,7 +200,8 @@ def _two_optics_groups(calpha, n, box, pixel_size):
 def test_a_tiny_coloured_run_with_two_optics_groups_writes_its_outputs(tmp_path, calpha):
     n, box = 64, 24
     particles, halves = _two_optics_groups(calpha, n, box, 4.0)
-    overrides = {"num_steps": 6, "batch_size": 8, "samples_per_particle": 3, "n_modes": 3, "noise": "coloured"}
+    # importance_proposals: the optional resampled draws of the amplitudes through the per-group likelihood
+    overrides = {"num_steps": 6, "batch_size": 8, "samples_per_particle": 3, "n_modes": 3, "noise": "coloured", "importance_proposals": 8}
     path = write_simulated_dataset(tmp_path, calpha, particles, config_overrides=overrides)
     output = run_inference(load_config(path), progress=False)
     for name in ("topology.pdb", "ensemble_mean.dcd", "ensemble_samples.dcd", "posterior.nc", "run.json", "fits.png", "elbo.png", "particles.star"):
@@ -214,6 +215,9 @@ def test_a_tiny_coloured_run_with_two_optics_groups_writes_its_outputs(tmp_path,
     for group, half in enumerate(halves):
         np.testing.assert_allclose(spectra[group, 4:11], half.noise_power_spectrum[4:11], rtol=0.25)
     assert np.isfinite(record["final_elbo"]) and np.isfinite(record["global_posterior_means"]["noise_std"])
+    resampling = record["importance_resampling"]
+    assert resampling["site"] == "amplitudes" and resampling["proposals_per_particle"] == 8
+    assert 0.0 <= resampling["share_of_particles_resampled"] <= 1.0 and 1.0 <= resampling["effective_sample_size_median"] <= 8.0
 
 
 def test_resolution_limited_likelihood_is_the_density_of_the_low_pass_projection():

@@ -134,6 +134,53 @@ def test_importance_resampling_corrects_a_too_narrow_guide():
     assert 0.75 * 64 < np.median(effective) <= 64
 
 
+def test_importance_resampling_of_a_correlated_site_with_a_multivariate_normal_guide():
+    """Conjugate linear-Gaussian model in two dimensions: z ~ N(0, diag(s²)), y = M z + noise, so
+    the posterior is N(Σ Mᵀ y / σ², Σ) with Σ = (diag(s)⁻² + MᵀM / σ²)⁻¹, strongly correlated. A
+    multivariate-normal guide (as `AmortizedGuide` gives the `nma` amplitudes) whose covariance
+    is diagonal and a quarter of the right variance, with means off by half a posterior sd, is
+    resampled into draws with the exact posterior's mean and full covariance; `site_unit` (the
+    prior's sd, here not 1) lets the Newton step reach the mode."""
+    n, sigma = 2000, 0.5
+    prior_scale = np.array([4.0, 2.0])
+    mixing = np.array([[1.0, 0.9], [0.9, 1.0]]) / 3.0
+    rng = np.random.default_rng(5)
+    truth = prior_scale * rng.normal(size=(n, 2))
+    observed = truth @ mixing.T + sigma * rng.normal(size=(n, 2))
+    covariance = np.linalg.inv(np.diag(prior_scale**-2.0) + mixing.T @ mixing / sigma**2)
+    posterior_mean = observed @ mixing / sigma**2 @ covariance
+    assert abs(covariance[0, 1]) / np.sqrt(covariance[0, 0] * covariance[1, 1]) > 0.8  # a correlated posterior
+    sds = np.sqrt(np.diag(covariance))
+
+    def model(*, y, loc, indices=None):
+        with numpyro.plate("particle", n, subsample_size=y.shape[0]):
+            z = numpyro.sample("amplitudes", dist.Normal(0.0, jnp.asarray(prior_scale)).to_event(1))
+            numpyro.sample("y", dist.Normal(z @ jnp.asarray(mixing.T), sigma).to_event(1), obs=y)
+
+    def guide(*, y, loc, indices=None):
+        with numpyro.plate("particle", n, subsample_size=y.shape[0]):
+            numpyro.sample("amplitudes", dist.MultivariateNormal(loc + 0.5 * jnp.asarray(sds), scale_tril=jnp.diag(jnp.asarray(sds) / 2)))
+
+    batches = [
+        {"y": jnp.asarray(observed[i : i + 500]), "loc": jnp.asarray(posterior_mean[i : i + 500])} for i in range(0, n, 500)
+    ]
+    local, effective = importance_resampled_draws(
+        model, guide, {}, batches, 40, key=jax.random.key(1), model_arguments={}, local_sites=["amplitudes"],
+        site="amplitudes", n_proposals=256, site_unit=jnp.asarray(prior_scale),
+    )
+    draws = local["amplitudes"]
+    assert draws.shape == (n, 40, 2)
+    residuals = draws - posterior_mean[:, None, :]
+    np.testing.assert_allclose(residuals.mean(axis=(0, 1)) / sds, 0.0, atol=0.03)
+    pooled = np.einsum("npi,npj->ij", residuals, residuals) / residuals[..., 0].size
+    np.testing.assert_allclose(pooled, covariance, rtol=0.1, atol=0.02 * float(np.max(np.diag(covariance))))
+    # The range of 40 draws holds the truth with probability 39/41 when they are exact posterior draws.
+    for k in range(2):
+        inside = (truth[:, k] >= draws[:, :, k].min(axis=1)) & (truth[:, k] <= draws[:, :, k].max(axis=1))
+        assert np.mean(inside) == pytest.approx(39 / 41, abs=0.03)
+    assert np.median(effective) > 0.6 * 256
+
+
 def test_position_along_the_principal_motion(tmp_path):
     """The fake run's draws move the atoms along one fixed bend: the motion coordinate is each draw's
     amplitude times |bend|/√n_atoms (Å), oriented so that the population's mean is positive."""

@@ -353,31 +353,17 @@ class Deformation(ModelFamily):
         return ModelSetup(context, {"decoder": decoder}, diagnostics)
 
     def refined_draws(self, config, fitted: FittedModel, local: dict, global_: dict, *, key) -> tuple[dict, dict, FittedModel]:
-        from atomicspi.inference import importance_resampled_draws, relocated_modes
+        from atomicspi.inference import relocated_modes
+
+        from ._resampling import importance_resampled
 
         diagnostics = {}
-        samples_per_particle = local["z"].shape[1]
         if config.importance_proposals:
             # The mean-field q(z) ignores correlations between latent dimensions: where importance
-            # weights against the model's own posterior are reliable (an effective sample size of at
-            # least half the draws), those draws replace the guide's.
-            resampled, effective_sample_sizes = importance_resampled_draws(
-                fitted.model, fitted.guide, fitted.parameters, (batch for _, batch in fitted.ordered()), samples_per_particle,
-                key=jax.random.fold_in(key, 4), model_arguments=fitted.model_arguments, local_sites=list(local),
-                n_proposals=config.importance_proposals,
+            # weights against the model's own posterior are reliable, those draws replace the guide's.
+            local, diagnostics["importance_resampling"] = importance_resampled(
+                fitted, local, key=jax.random.fold_in(key, 4), site="z", n_proposals=config.importance_proposals
             )
-            effective_sample_sizes = effective_sample_sizes[fitted.keep]
-            chosen = effective_sample_sizes >= 0.5 * samples_per_particle
-            local = dict(local)
-            for name, values in resampled.items():
-                values = values[fitted.keep]
-                local[name] = np.where(chosen.reshape(-1, *([1] * (values.ndim - 1))), values, local[name])
-            diagnostics["importance_resampling"] = {
-                "proposals_per_particle": config.importance_proposals,
-                "effective_sample_size_median": float(np.median(effective_sample_sizes)),
-                "effective_sample_size_10th_percentile": float(np.percentile(effective_sample_sizes, 10)),
-                "share_of_particles_resampled": float(np.mean(chosen)),
-            }
         if config.mode_candidates:
             # Particles whose unimodal q(z) stayed in the wrong basin move to the better mode.
             shifts, relocated, gains = relocated_modes(

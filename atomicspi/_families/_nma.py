@@ -36,6 +36,17 @@ class NormalModes(ModelFamily):
 
         return {"amplitudes": LocalSite(mode_scales(context))}
 
+    def refined_draws(self, config, fitted: FittedModel, local: dict, global_: dict, *, key) -> tuple[dict, dict, FittedModel]:
+        from ._resampling import importance_resampled
+
+        diagnostics = {}
+        if config.importance_proposals:
+            local, diagnostics["importance_resampling"] = importance_resampled(
+                fitted, local, key=jax.random.fold_in(key, 4), site="amplitudes", n_proposals=config.importance_proposals,
+                site_unit=mode_scales(fitted.model_arguments["context"]),
+            )
+        return local, diagnostics, fitted
+
     def positions(self, fitted: FittedModel, local: dict, global_: dict):
         from atomicspi.models import nma_positions
 
