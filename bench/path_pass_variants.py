@@ -42,6 +42,7 @@ VARIANTS = {
     "kernel_means_2": {"_CURVE_RUNNING_LINES": False, "_CURVE_BANDWIDTH_IN_NODES": 2.0},
     "fifteenth_session_defaults": {"_CURVE_RUNNING_LINES": False, "_CURVE_BANDWIDTH_IN_NODES": 2.0, "_CURVE_FINE_LEARNING_RATE": 3e-3,
                                    "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
+    "unfold_ends": {"_CURVE_UNFOLD_ENDS": True},
     "constant_learning_rate_3e-3": {"_CURVE_FINE_LEARNING_RATE": 3e-3, "_CURVE_FINAL_LEARNING_RATE_SHARE": 1.0},
 }
 

@@ -27,6 +27,7 @@ from ._path_posterior import curve_explained_variance as curve_explained_varianc
 from ._path_posterior import curve_grid as curve_grid
 from ._path_posterior import curve_image_statistics as curve_image_statistics
 from ._path_posterior import extend_curve_along_structure as extend_curve_along_structure
+from ._path_posterior import fit_node_structures as fit_node_structures
 from ._path_posterior import grid_log_likelihoods as grid_log_likelihoods
 from ._path_posterior import grid_posterior_weights as grid_posterior_weights
 from ._path_posterior import node_responsibilities as node_responsibilities
@@ -36,6 +37,7 @@ from ._path_posterior import posterior_windows as posterior_windows
 from ._path_posterior import principal_curve as principal_curve
 from ._path_posterior import refine_curve as refine_curve
 from ._path_posterior import residual_power_ratio as residual_power_ratio
+from ._path_posterior import unfolded_curve_structures as unfolded_curve_structures
 from ._path_posterior import weighted_inner_product as weighted_inner_product
 from ._pose_search import FourierVolume as FourierVolume
 from ._pose_search import PoseSearchResult as PoseSearchResult

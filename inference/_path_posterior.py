@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 import scipy.stats
-from jaxtyping import Array, Complex, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Complex, Float, Int, PRNGKeyArray
 
 __all__ = [
     "CurveImageStatistics", "PathPosterior", "arc_lengths", "contrast_grid", "curve_explained_variance", "curve_grid", "curve_image_statistics", "extend_curve_along_structure",
-    "grid_log_likelihoods", "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior",
-    "posterior_windows", "principal_curve", "refine_curve", "residual_power_ratio", "weighted_inner_product",
+    "fit_node_structures", "grid_log_likelihoods", "grid_posterior_weights", "node_responsibilities", "path_population", "path_posterior",
+    "posterior_windows", "principal_curve", "refine_curve", "residual_power_ratio", "unfolded_curve_structures", "weighted_inner_product",
 ]
 
 
@@ -197,6 +197,101 @@ def extend_curve_along_structure(
     head = run_on(0, tangent_nodes)[::-1]
     tail = run_on(n_nodes - 1, n_nodes - 1 - tangent_nodes)
     return _resample_by_arc_length(np.concatenate([head, nodes, tail]), n_nodes)
+
+
+def unfolded_curve_structures(
+    structures: Float[np.ndarray, "n_nodes n_points 3"],
+    *,
+    tangent_nodes: int = 3,
+    tolerance_in_steps: float = 1.0,
+) -> tuple[Float[np.ndarray, "n_nodes n_points 3"], Bool[np.ndarray, " n_nodes"]]:
+    """Where a curve's structures fold back near an end, straight continuations to replace them.
+
+    Along a curve that runs on to its ends, each node's structure moves away from the structure at
+    the opposite end. A decoder that cannot reach the end of the motion makes the curve fold: its
+    structures' distance from the opposite end (root-mean-square over the points) peaks at an
+    interior node k* and falls from there to the end, so the particles beyond the fold are placed
+    at it. On the issue-19 adaptive-ANM stack the distance peaks ten nodes before the open end
+    (path position 0.81) and the end's structure is back at 0.51 (bench/RESULTS.md, seventeenth
+    session). Here, at each end where the fall exceeds `tolerance_in_steps` mean node steps, the
+    nodes past k* get targets on the straight line from k* along the structures' direction over the
+    `tangent_nodes` node spacings before it, each at the mean node step of those spacings.
+
+    **Arguments:**
+
+    - `structures`: `(K, n, 3)` the nodes' structures (any common frame, e.g. bead displacements).
+    - `tangent_nodes`: node spacings over which the direction before the fold is measured.
+    - `tolerance_in_steps`: the least fall, in mean node steps, that counts as a fold.
+
+    **Returns:** `(targets, folded)`: the structures with the folded nodes' replaced `(K, n, 3)`, and
+    which nodes were replaced `(K,)`.
+    """
+    structures = np.asarray(structures, dtype=np.float64)
+    n_nodes = len(structures)
+    targets, folded = structures.copy(), np.zeros(n_nodes, dtype=bool)
+    steps = np.sqrt(np.mean(np.sum(np.diff(structures, axis=0) ** 2, axis=-1), axis=-1))
+    tolerance = tolerance_in_steps * float(np.mean(steps))
+    for order in (np.arange(n_nodes), np.arange(n_nodes)[::-1]):  # towards the last node, then the first
+        ordered = structures[order]
+        distance = np.sqrt(np.mean(np.sum((ordered - ordered[0]) ** 2, axis=-1), axis=-1))
+        peak = int(np.argmax(distance))
+        if peak < tangent_nodes or peak == n_nodes - 1 or distance[peak] - distance[-1] <= tolerance:
+            continue
+        step = (ordered[peak] - ordered[peak - tangent_nodes]) / tangent_nodes
+        for j, node in enumerate(order[peak + 1 :], start=1):
+            targets[node] = ordered[peak] + j * step
+            folded[node] = True
+    return targets, folded
+
+
+def fit_node_structures(
+    parameters: Any,
+    structures_of: Callable[[Any], Float[Array, "n_nodes n_points 3"]],
+    targets: Float[np.ndarray, "n_nodes n_points 3"],
+    *,
+    trainable: Any = True,
+    n_steps: int = 1000,
+    learning_rate: float = 1e-2,
+) -> tuple[Any, float]:
+    """Move `parameters` so that the nodes' structures reach `targets` (least squares over every
+    node and point, Adam): e.g. a decoder's fine fields, from zero, to the continuations of
+    `unfolded_curve_structures` while the other nodes keep theirs.
+
+    **Arguments:**
+
+    - `parameters`: the pytree of arrays.
+    - `structures_of`: `parameters → (K, n, 3)` the nodes' structures.
+    - `targets`: `(K, n, 3)`.
+    - `trainable`: a pytree of bools like `parameters` (or one bool): which arrays move.
+    - `n_steps`, `learning_rate`: Adam's steps and step size.
+
+    **Returns:** `(parameters, rms)`: the fitted parameters and the root-mean-square distance (over
+    nodes and points) left between the structures and the targets.
+    """
+    import equinox as eqx
+    import optax
+
+    moving, fixed = eqx.partition(parameters, trainable)
+    goal = jnp.asarray(targets, dtype=jnp.float32)
+
+    def loss(moving):
+        return jnp.mean(jnp.sum((structures_of(eqx.combine(moving, fixed)) - goal) ** 2, axis=-1))
+
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, n_steps, alpha=0.01))
+
+    @jax.jit
+    def run(moving):
+        def step(carry, _):
+            moving, state = carry
+            value, gradient = jax.value_and_grad(loss)(moving)
+            updates, state = optimizer.update(gradient, state, moving)
+            return (optax.apply_updates(moving, updates), state), value
+
+        (moving, _), _ = jax.lax.scan(step, (moving, optimizer.init(moving)), None, length=n_steps)
+        return moving, jnp.sqrt(loss(moving))
+
+    moving, rms = run(moving)
+    return eqx.combine(moving, fixed), float(rms)
 
 
 def curve_explained_variance(points: Float[np.ndarray, "n d"], nodes: Float[np.ndarray, "n_nodes d"]) -> float:

@@ -15,6 +15,7 @@ from atomicspi.inference import (
     curve_grid,
     curve_image_statistics,
     extend_curve_along_structure,
+    fit_node_structures,
     grid_log_likelihoods,
     grid_posterior_weights,
     path_population,
@@ -23,6 +24,7 @@ from atomicspi.inference import (
     principal_curve,
     refine_curve,
     residual_power_ratio,
+    unfolded_curve_structures,
 )
 
 
@@ -86,6 +88,58 @@ def test_extension_along_the_structures_runs_on_where_a_straight_latent_extensio
     matrix = np.random.default_rng(3).standard_normal((5, 2))
     linear = extend_curve_along_structure(nodes, lambda z: jnp.asarray(matrix, dtype=z.dtype) @ z, 0.25)
     assert np.allclose(linear, straight, atol=1e-4)
+
+
+def _structures_along(positions, direction, offsets):
+    """Structures `(K, n, 3)`: `positions` moved by `offset × direction` for each offset."""
+    return positions[None] + np.asarray(offsets, dtype=float)[:, None, None] * direction[None]
+
+
+def test_a_curve_whose_structures_fold_back_is_continued_straight_past_the_fold():
+    """Structures moving along one field d with offsets 0, 1, …, 12 and then back 11, 10, 9, 8 (the
+    last four nodes fold back): those four get targets 13, 14, 15, 16 on the same line (the step of
+    the three spacings before the fold), every other node keeps its structure. The same at the
+    first end when the curve is reversed, and nothing changes on a curve that runs on, however
+    curved (a quarter circle in the plane of two fields), or whose fall is within the tolerance."""
+    rng = np.random.default_rng(4)
+    positions, direction, other = rng.normal(size=(3, 20, 3))
+    offsets = np.r_[np.arange(13), [11, 10, 9, 8]]
+    structures = _structures_along(positions, direction, offsets)
+    targets, folded = unfolded_curve_structures(structures)
+    assert folded.tolist() == [False] * 13 + [True] * 4
+    np.testing.assert_allclose(targets, _structures_along(positions, direction, np.arange(17)), atol=1e-9)
+    targets, folded = unfolded_curve_structures(structures[::-1])
+    assert folded.tolist() == [True] * 4 + [False] * 13
+    np.testing.assert_allclose(targets, _structures_along(positions, direction, np.arange(17))[::-1], atol=1e-9)
+    angles = np.linspace(0.0, np.pi / 2, 17)
+    arc = positions[None] + 5 * (np.sin(angles)[:, None, None] * direction + (1 - np.cos(angles))[:, None, None] * other)
+    targets, folded = unfolded_curve_structures(arc)
+    assert not folded.any() and np.array_equal(targets, arc)
+    shallow = _structures_along(positions, direction, np.r_[np.arange(13), [11.5]])  # falls by half a step
+    assert not unfolded_curve_structures(shallow)[1].any()
+
+
+def test_node_structures_fitted_to_targets_move_only_the_trainable_parameters():
+    """Node structures linear in two parameter arrays, `a · z_k + b` over latents z_k: with only `b`
+    trainable the best fit is b = mean over nodes of (target − a · z_k), reached to 1e-3; with both,
+    targets that are linear in z are met exactly."""
+    rng = np.random.default_rng(5)
+    latents = jnp.asarray(rng.normal(size=(9, 2)), dtype=jnp.float32)
+    parameters = {"a": jnp.asarray(rng.normal(size=(2, 6, 3)), dtype=jnp.float32), "b": jnp.zeros((6, 3), jnp.float32)}
+
+    def structures_of(p):
+        return jnp.einsum("kd,dnc->knc", latents, p["a"]) + p["b"]
+
+    targets = np.asarray(rng.normal(size=(9, 6, 3)))
+    fitted, rms = fit_node_structures(parameters, structures_of, targets, trainable={"a": False, "b": True})
+    assert np.array_equal(np.asarray(fitted["a"]), np.asarray(parameters["a"]))
+    best = (targets - np.asarray(structures_of(parameters))).mean(axis=0)
+    np.testing.assert_allclose(np.asarray(fitted["b"]), best, atol=1e-3)
+    expected = np.sqrt(np.mean(np.sum((targets - np.asarray(structures_of(parameters)) - best) ** 2, axis=-1)))
+    assert rms == pytest.approx(expected, rel=1e-3)
+    linear_targets = np.asarray(structures_of({"a": parameters["a"] + 1.0, "b": parameters["b"] + 0.5}))
+    _, rms = fit_node_structures(parameters, structures_of, linear_targets, n_steps=3000, learning_rate=3e-2)
+    assert rms < 1e-2
 
 
 def test_curve_explained_variance_against_the_variances_of_a_cloud():

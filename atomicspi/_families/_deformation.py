@@ -104,6 +104,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         curve_grid,
         curve_image_statistics,
         extend_curve_along_structure,
+        fit_node_structures,
         grid_log_likelihoods,
         grid_posterior_weights,
         node_responsibilities,
@@ -113,6 +114,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         principal_curve,
         refine_curve,
         residual_power_ratio,
+        unfolded_curve_structures,
         weighted_inner_product,
     )
     from atomicspi.microscope import axis_angle_to_matrix
@@ -157,6 +159,17 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
 
     decode_many = jax.vmap(decode, in_axes=(None, 0))  # (parameters, latents (m, d)) → beads, atoms (m, ...)
     decode_many_jit = jax.jit(decode_many)
+    unfolded: dict[str, Any] = {"nodes": []}
+    if _CURVE_UNFOLD_ENDS and decoder.fine_map is not None:
+        # where the decoded structures fold back near an end, the fine fields continue them straight
+        targets, folded = unfolded_curve_structures(np.asarray(decode_many_jit(weights_of, nodes_j)[0]))
+        if folded.any():
+            trainable = eqx.tree_at(
+                lambda d: d.fine_map, jax.tree_util.tree_map(lambda _: False, weights_of),
+                replace_fn=lambda m: jax.tree_util.tree_map(lambda _: True, m),
+            )
+            weights_of, rms = fit_node_structures(weights_of, lambda p: decode_many(p, nodes_j)[0], targets, trainable=trainable)
+            unfolded = {"nodes": np.flatnonzero(folded).tolist(), "rms_from_targets_in_angstroms": rms}
 
     def render_each(atoms, batch):  # (B, n_atoms, 3): one structure per particle
         rotations, shifts = batch["rotations"], batch["shifts_in_angstroms"]
@@ -260,6 +273,7 @@ def _path_posterior_draws(config, fitted: FittedModel, local: dict, global_: dic
         "nodes": config.path_nodes,
         "explained_variance": explained,
         "node_latents": nodes.tolist(),
+        "unfolded_ends": unfolded,
         "substeps": _PATH_SUBSTEPS,
         "refinements": _CURVE_REFINEMENTS,
         "fine_beads_per_block": _CURVE_FINE_BEADS_PER_BLOCK if decoder.fine_map is not None else 0,
@@ -285,6 +299,7 @@ _PATH_EXPLAINED_VARIANCE_WARNING = 0.6  # under this share of the latent means' 
 _CURVE_BANDWIDTH_IN_NODES = 4.0  # the principal curve's kernel width in node spacings (2: the curve snaked through each state's cloud of latent means; the means' rms distance from the curve is ≈ 4 spacings on both benchmarks, so shorter bends are their noise; bench/RESULTS.md, sixteenth session)
 _CURVE_RUNNING_LINES = True  # the principal curve's nodes are local straight-line fits, not local means (which cut a wide kernel's ends short)
 _CURVE_EXTEND_ALONG_STRUCTURE = False  # the curve's ends run on straight in structure (extend_curve_along_structure), not in the latent
+_CURVE_UNFOLD_ENDS = False  # where the decoded curve folds back near an end, the fine fields first continue it straight (unfolded_curve_structures)
 _CURVE_EXTENSION = 0.25  # the curve runs on past the extreme latent means by this share of its length at each end (0.1: the path ends were cut off, bench/RESULTS.md)
 _PATH_SUBSTEPS = 8  # grid points per interval between the curve's nodes
 _PATH_WINDOW = 10  # at least this many nodes rendered per particle after the first pass (posterior_windows)
