@@ -42,6 +42,12 @@ angle, right-handed), exactly as `scipy.spatial.transform.Rotation` (scalar-last
 representation of Zhou et al. (2019) is the first two columns of the matrix, concatenated
 column after column; `six_d_to_matrix` orthonormalises them by Gram-Schmidt.
 
+**Tilt series (RELION 5).** A tilt image `f` sees the tomogram through
+`R_f = Rz(rlnTomoZRot) @ Ry(rlnTomoYTilt) @ Rx(rlnTomoXTilt)` of *textbook* right-handed
+rotations (RELION's `Tomogram::setProjectionMatrix`; these `Rz`, `Ry` are the transposes of the
+Euler ones above), and a particle of pose `A` in the tomogram has the pose `R_f @ A` in that image
+(`tilt_series_view_rotation`; `atomicspi.microscope.compose_tilt_rotations`).
+
 All functions are JAX, batched over any leading dimensions and differentiable.
 """
 
@@ -309,3 +315,44 @@ def geodesic_distance_in_degrees(
     sine = _safe_norm(skew) / 2
     cosine = (jnp.trace(relative, axis1=-2, axis2=-1) - 1) / 2
     return jnp.rad2deg(jnp.arctan2(sine, cosine))
+
+
+def _axis_rotation(angle_in_degrees: Array, axis: int) -> Array:
+    """Textbook (active, right-handed) rotation matrices about coordinate axis `axis`."""
+    angle = jnp.deg2rad(angle_in_degrees)
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    one, zero = jnp.ones_like(c), jnp.zeros_like(c)
+    if axis == 0:
+        rows = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
+    elif axis == 1:
+        rows = [[c, zero, s], [zero, one, zero], [-s, zero, c]]
+    else:
+        rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+    return jnp.stack([jnp.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+def tilt_series_view_rotation(
+    tilt_angle_in_degrees: Float[ArrayLike, "*batch"],
+    tilt_axis_angle_in_degrees: Float[ArrayLike, "*batch"] = 0.0,
+    x_tilt_in_degrees: Float[ArrayLike, "*batch"] = 0.0,
+) -> Float[Array, "*batch 3 3"]:
+    """The rotation `R_f` through which a tilt image sees the tomogram (RELION 5).
+
+    **Arguments:**
+
+    - `tilt_angle_in_degrees`: stage tilt about the specimen's y axis (`rlnTomoYTilt`).
+    - `tilt_axis_angle_in_degrees`: in-plane rotation applied after the tilt (`rlnTomoZRot`; the
+      tilt axis then lies along `Rz(angle) · ŷ` in the image).
+    - `x_tilt_in_degrees`: rotation about x applied first (`rlnTomoXTilt`, usually 0).
+
+    **Returns:**
+
+    `Rz(tilt_axis_angle) · Ry(tilt_angle) · Rx(x_tilt)` of textbook right-handed rotations, the
+    rotation part of RELION 5's `Tomogram::setProjectionMatrix` (inputs broadcast together).
+    """
+    y_tilt, z_rotation, x_tilt = jnp.broadcast_arrays(
+        jnp.asarray(tilt_angle_in_degrees, dtype=float),
+        jnp.asarray(tilt_axis_angle_in_degrees, dtype=float),
+        jnp.asarray(x_tilt_in_degrees, dtype=float),
+    )
+    return _axis_rotation(z_rotation, 2) @ _axis_rotation(y_tilt, 1) @ _axis_rotation(x_tilt, 0)

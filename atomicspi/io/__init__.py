@@ -12,6 +12,11 @@ from ._cryodrgn import read_cryodrgn_poses as read_cryodrgn_poses
 from ._cryodrgn import read_restricted_pickle as read_restricted_pickle
 from ._cryosparc import read_cryosparc as read_cryosparc
 from ._cryosparc import write_cryosparc as write_cryosparc
+from ._cxi import CXI_VERSION as CXI_VERSION
+from ._cxi import CXIData as CXIData
+from ._cxi import CXIGeometry as CXIGeometry
+from ._cxi import read_cxi as read_cxi
+from ._cxi import write_cxi as write_cxi
 from ._dataset import CTF_FIELDS as CTF_FIELDS
 from ._dataset import OPTICS_GROUP_CTF_FIELDS as OPTICS_GROUP_CTF_FIELDS
 from ._dataset import OPTIONAL_CTF_FIELDS as OPTIONAL_CTF_FIELDS
@@ -31,3 +36,5 @@ from ._star import read_relion_star as read_relion_star
 from ._star import write_particles_star as write_particles_star
 from ._star import write_relion_star as write_relion_star
 from ._star_summaries import write_star_with_columns as write_star_with_columns
+from ._tomography import TiltSeriesParticles as TiltSeriesParticles
+from ._tomography import read_tilt_series_particles as read_tilt_series_particles

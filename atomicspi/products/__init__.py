@@ -31,6 +31,10 @@ from ._poses import PoseSummaries as PoseSummaries
 from ._poses import mean_rotations as mean_rotations
 from ._poses import pose_draws as pose_draws
 from ._poses import pose_summaries as pose_summaries
+from ._reconstruction import backproject as backproject
+from ._reconstruction import fourier_shell_correlation as fourier_shell_correlation
+from ._reconstruction import resolution_at as resolution_at
+from ._reconstruction import write_map as write_map
 from ._representatives import representative_particles as representative_particles
 from ._run_collective_variables import RunCollectiveVariables as RunCollectiveVariables
 from ._run_collective_variables import default_collective_variable as default_collective_variable
