@@ -4,7 +4,7 @@
       < {atomicspi.io, atomicspi.structure, atomicspi.microscope}  (not each other)
       < atomicspi.models < atomicspi.inference
       < pipeline, command lines and their Python interface (_pipeline, api, _families, _batches, infer,
-        simulate, landscape, _simulation, _example, _outputs);
+        simulate, landscape, _simulation, _tilt_series_simulation, _example, _outputs);
     atomicspi.products (reads outputs) imports only the bottom, io and structure.
 
 Every module of the installed package is parsed with `ast`; every `import` and `from` statement,
@@ -60,6 +60,7 @@ _GROUP_OF_PREFIX = {
     "atomicspi.simulate": TOP,
     "atomicspi.landscape": TOP,
     "atomicspi._simulation": TOP,
+    "atomicspi._tilt_series_simulation": TOP,  # cryo-ET tilt-series simulator (issue 17)
     "atomicspi._example": TOP,
     "atomicspi._outputs": TOP,
     "atomicspi._transition_paths": TOP,  # benchmark paths (another session is adding it)

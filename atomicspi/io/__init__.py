@@ -36,5 +36,7 @@ from ._star import read_relion_star as read_relion_star
 from ._star import write_particles_star as write_particles_star
 from ._star import write_relion_star as write_relion_star
 from ._star_summaries import write_star_with_columns as write_star_with_columns
+from ._tomography import TiltSeriesImages as TiltSeriesImages
 from ._tomography import TiltSeriesParticles as TiltSeriesParticles
+from ._tomography import read_tilt_series_images as read_tilt_series_images
 from ._tomography import read_tilt_series_particles as read_tilt_series_particles

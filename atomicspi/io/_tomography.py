@@ -40,6 +40,18 @@ the particle's pose is `R_f · A` and its defocus is the tilt's plus
 positive). The particle's tilt images are all frames of its tomogram, or those flagged 1 in
 `rlnTomoVisibleFrames` (RELION 5's 2D-stack pseudo-subtomograms) when the column is present.
 
+**Images** (`read_tilt_series_images`). RELION 5's `relion_tomo_subtomo --stack2d` (the default
+of its "Extract subtomos" job since RELION 4.1) writes, for each particle, one 2D stack
+`Subtomograms/<rlnTomoParticleName>_stack2d.mrcs` (under `Subtomograms/<rlnTomoName>/` when the
+particle names have no `/`) holding the particle's visible tilt images (`rlnTomoVisibleFrames`) in
+frame order, each a box centred on the particle's projected position; the particle's
+`rlnImageName` is that file (no `N@`), `data_general` says `rlnTomoSubTomosAre2DStacks 1` and the
+optics group `rlnImageDimensionality 2`, `rlnImageSize`, `rlnImagePixelSize` (the tilt series' pixel
+size times `rlnTomoSubtomogramBinning`) and `rlnCtfDataAreCtfPremultiplied` (1 unless `--no_ctf`;
+premultiplied stacks are refused). (`SubtomoProgram::writeParticleSet` and `processTomograms` in
+`src/jaz/tomography/programs/subtomo.cpp`.) RELION 3.0 tilt images are read from their rows'
+`N@stack`.
+
 Every problem with the files raises `InputError` with a one-line message naming the file and the
 field.
 """
@@ -55,6 +67,7 @@ import pandas as pd
 from ..conventions import euler_angles_to_matrix, tilt_series_view_rotation
 from ._dataset import ParticleDataset
 from ._errors import InputError
+from ._mrc import StackHeader, _check_finite, read_stack_header
 from ._star import _numeric, _read_blocks, read_relion_star
 
 _ROTATION_TOLERANCE = 1e-3
@@ -688,3 +701,228 @@ def _positions_45(table: pd.DataFrame, tomogram_names: np.ndarray, series: dict,
         ])
         positions = positions - np.einsum("nij,nj->ni", a_subtomogram, origins)
     return positions
+
+
+# --- the images: RELION 5 2D stacks (one per particle) or RELION 3.0 rows --------------------------
+
+
+class TiltSeriesImages:
+    """The tilt images of tilt-series particles, opened lazily (`read_tilt_series_images`).
+
+    RELION 4 / 5 particles (`relion_tomo_subtomo --stack2d`): each particle's `rlnImageName` is one
+    `.mrcs` stack holding its visible tilt images (`rlnTomoVisibleFrames`), in frame order, so the
+    `j`-th image of the stack is the particle's `j`-th tilt image (`TiltSeriesParticles.tilts`).
+    RELION 3.0 subtomogram files: each tilt image is a row's `N@stack`.
+
+    **Attributes:**
+
+    - `particles`: the `TiltSeriesParticles` the images belong to.
+    - `box_size`: `D`, pixels per side (the same for all particles).
+    - `pixel_size_in_angstroms`: `(n_particles,)` pixel size of the images (RELION 5: the optics
+      group's `rlnImagePixelSize`, i.e. the tilt series' times `rlnTomoSubtomogramBinning`).
+    - `max_tilts`: the largest tilt count, the padded length of `read`.
+    - `stack_paths`: RELION 4 / 5: `(n_particles,)` the stack of each particle; None for RELION 3.0.
+    """
+
+    def __init__(self, particles: TiltSeriesParticles, box_size: int, pixel_size_in_angstroms: np.ndarray,
+                 headers: list[StackHeader] | None = None, dataset: ParticleDataset | None = None):
+        self.particles = particles
+        self.box_size = int(box_size)
+        self.pixel_size_in_angstroms = np.asarray(pixel_size_in_angstroms, dtype=np.float64)
+        self.max_tilts = int(particles.tilt_counts.max(initial=0))
+        self._headers = headers
+        self._dataset = dataset
+        self.stack_paths = None if headers is None else tuple(h.path for h in headers)
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    def particle(self, index: int) -> np.ndarray:
+        """The tilt images of particle `index`, `(n_tilts, D, D)` indexed `[y, x]`.
+
+        **Returns:**
+
+        For a RELION 4 / 5 particle, a read-only memory map of its stack (on-disk data type,
+        nothing copied or checked; the file is unmapped when the array is freed); for RELION 3.0
+        rows, a float32 copy.
+        """
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"particle {index} of {len(self)}")
+        if self._headers is None:
+            return self._read_particle(index)
+        header = self._headers[index]
+        count = int(self.particles.tilt_counts[index])
+        return np.memmap(header.path, dtype=header.dtype, mode="r", offset=header.data_offset,
+                         shape=(count, header.box_size, header.box_size))
+
+    def _read_particle(self, index: int) -> np.ndarray:
+        """Particle `index`'s tilt images as float32, checked for NaN and Inf."""
+        if self._dataset is not None:  # RELION 3.0 rows, resampled to the dataset's common pixel size
+            rows = self.particles.tilt_image_indices[self.particles.tilts(index)]
+            return self._dataset.images(rows)
+        assert self._headers is not None
+        header = self._headers[index]
+        count = int(self.particles.tilt_counts[index])
+        with open(header.path, "rb") as file:  # read, not mapped: a file per particle, no handle kept open
+            file.seek(header.data_offset)
+            values = np.fromfile(file, dtype=header.dtype, count=count * header.box_size**2)
+        images = values.reshape(count, header.box_size, header.box_size).astype(np.float32)
+        _check_finite(images, np.arange(count), header.path)
+        return images
+
+    def read(self, indices=None) -> tuple[np.ndarray, np.ndarray]:
+        """The tilt images of particles `indices` (all when None), padded to `max_tilts`.
+
+        **Returns:**
+
+        `(images, mask)`: float32 `(len(indices), max_tilts, D, D)`, zero in the padding, and bool
+        `(len(indices), max_tilts)`, True for the particle's tilt images (as
+        `TiltSeriesParticles.padded`). Raises `InputError` naming the stack and the image when an
+        image holds NaN or Inf.
+        """
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        counts = self.particles.tilt_counts[indices]
+        mask = np.arange(self.max_tilts)[None, :] < counts[:, None]
+        images = np.zeros((len(indices), self.max_tilts, self.box_size, self.box_size), dtype=np.float32)
+        for k, index in enumerate(indices):
+            images[k, : counts[k]] = self._read_particle(int(index))
+        return images, mask
+
+
+def read_tilt_series_images(
+    particles: TiltSeriesParticles, datadir: str | os.PathLike | None = None
+) -> TiltSeriesImages:
+    """Open the tilt images of tilt-series particles and check them against the particle file.
+
+    **Arguments:**
+
+    - `particles`: from `read_tilt_series_particles`.
+    - `datadir`: RELION 4 / 5: a folder to look for the stacks in first (else they are resolved
+      against the particle file's folder and its parents, the RELION project folder).
+
+    **Returns:**
+
+    A `TiltSeriesImages` (headers read and checked, no image read). RELION 4 / 5 particle files
+    must name, in `rlnImageName`, one 2D stack per particle (RELION 5's `relion_tomo_subtomo
+    --stack2d`, `Subtomograms/<rlnTomoParticleName>_stack2d.mrcs`, no `N@`) holding exactly the
+    particle's visible tilt images, all of the optics group's `rlnImageSize`; 3D pseudo-subtomograms
+    (`rlnImageDimensionality` 3, `rlnTomoSubTomosAre2DStacks` 0) and images premultiplied by their
+    CTF (`rlnCtfDataAreCtfPremultiplied` 1, `relion_tomo_subtomo`'s default; extract with
+    `--no_ctf`) are refused, as the image model describes neither. Any problem raises `InputError`
+    naming the file and the field.
+    """
+    if particles.tilt_images is not None:
+        dataset = particles.tilt_images.check_images()
+        box = dataset.box_size
+        assert box is not None
+        pixel = np.full(len(particles), np.nan if dataset.pixel_size_in_angstroms is None else dataset.pixel_size_in_angstroms)
+        return TiltSeriesImages(particles, box, pixel, dataset=dataset)
+
+    path = particles.source
+    blocks = _read_blocks(path)
+    block, table = _particle_table(blocks, path)
+    if len(table) != len(particles):
+        raise InputError(f"{path}: field data_{block}: {len(table)} rows, but {len(particles)} particles were read")
+    general = blocks.get("general")
+    if general is not None:
+        general_table = _as_table(general)
+        if "rlnTomoSubTomosAre2DStacks" in general_table.columns:
+            flag = _numeric(general_table, "rlnTomoSubTomosAre2DStacks", path, "general")[0]
+            if flag != 1:
+                raise InputError(
+                    f"{path}: field rlnTomoSubTomosAre2DStacks: {flag:g}: the particles are 3D pseudo-subtomograms, "
+                    "not 2D stacks of tilt images (extract them with relion_tomo_subtomo --stack2d)"
+                )
+    if "rlnImageName" not in table.columns:
+        raise InputError(
+            f"{path}: field rlnImageName: missing from data_{block} (no 2D stacks: extract the particles with "
+            "relion_tomo_subtomo --stack2d)"
+        )
+    sizes, pixel_sizes = _stack_optics(blocks, table, particles, path, block)
+    names = _names(table, "rlnImageName", path, block)
+    folder = path.resolve().parent
+    bases = ([pathlib.Path(datadir)] if datadir is not None else []) + [folder, *folder.parents]
+    headers: list[StackHeader] = []
+    for i, written in enumerate(names):
+        particle = particles.particle_names[i]
+        if "@" in written:
+            raise InputError(
+                f"{path}: field rlnImageName: row {i + 1} of data_{block} is {written!r}, one image of a stack, not "
+                f"the 2D stack of particle {particle!r}'s tilt images"
+            )
+        relative = pathlib.Path(written)
+        candidates = [relative] if relative.is_absolute() else [base / relative for base in bases]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise InputError(
+                f"{path}: field rlnImageName: the stack {written!r} of particle {particle!r} was not found "
+                f"(looked in {'datadir ' + str(datadir) + ', ' if datadir is not None else ''}{folder} and its parents)"
+            )
+        try:
+            header = read_stack_header(found)
+        except InputError as error:
+            raise InputError(f"{path}: field rlnImageName: {error}") from None
+        count = int(particles.tilt_counts[i])
+        if header.n_images != count:
+            raise InputError(
+                f"{path}: field rlnImageName: {found} holds {header.n_images} images, but particle {particle!r} has "
+                f"{count} tilt images (rlnTomoVisibleFrames)"
+            )
+        expected = sizes[i] if sizes is not None else (headers[0].box_size if headers else header.box_size)
+        if header.box_size != expected:
+            field = "rlnImageSize" if sizes is not None else "rlnImageName"
+            what = "data_optics says" if sizes is not None else f"the stack of particle {particles.particle_names[0]!r} holds"
+            raise InputError(
+                f"{path}: field {field}: {found} holds {header.box_size}×{header.box_size} images, {what} {expected}"
+            )
+        headers.append(header)
+    box = headers[0].box_size
+    if pixel_sizes is None:
+        pixel_sizes = np.array([h.pixel_size_in_angstroms if h.pixel_size_in_angstroms > 0 else p
+                                for h, p in zip(headers, particles.pixel_size_in_angstroms)])
+    return TiltSeriesImages(particles, box, pixel_sizes, headers=headers)
+
+
+def _stack_optics(blocks: dict, table: pd.DataFrame, particles: TiltSeriesParticles, path: pathlib.Path,
+                  block: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per particle, the box size and pixel size its optics group gives its 2D stack (None where the
+    particle file has no optics group columns for them); refuses 3D and CTF-premultiplied images."""
+    optics = blocks.get("optics")
+    if optics is None or "rlnOpticsGroup" not in table.columns:
+        return None, None
+    optics = _as_table(optics)
+    groups = _numeric(optics, "rlnOpticsGroup", path, "optics")
+    wanted = _numeric(table, "rlnOpticsGroup", path, block)
+    row_of = {g: k for k, g in enumerate(groups.tolist())}
+    missing = [g for g in wanted.tolist() if g not in row_of]
+    if missing:
+        raise InputError(f"{path}: field rlnOpticsGroup: group {missing[0]:g} is not in data_optics")
+    rows = np.array([row_of[g] for g in wanted.tolist()], dtype=np.int64)
+
+    def column(name: str) -> np.ndarray | None:
+        return _numeric(optics, name, path, "optics")[rows] if name in optics.columns else None
+
+    dimensionality = column("rlnImageDimensionality")
+    if dimensionality is not None and np.any(dimensionality != 2):
+        raise InputError(
+            f"{path}: field rlnImageDimensionality: {dimensionality[dimensionality != 2][0]:g}: 3D pseudo-subtomograms, "
+            "not 2D stacks of tilt images (extract them with relion_tomo_subtomo --stack2d)"
+        )
+    premultiplied = column("rlnCtfDataAreCtfPremultiplied")
+    if premultiplied is not None and np.any(premultiplied != 0):
+        raise InputError(
+            f"{path}: field rlnCtfDataAreCtfPremultiplied: the 2D stacks are premultiplied by their CTF, which is not "
+            "modelled (extract them with relion_tomo_subtomo --stack2d --no_ctf)"
+        )
+    sizes = column("rlnImageSize")
+    pixel_sizes = column("rlnImagePixelSize")
+    if pixel_sizes is None:
+        binning = column("rlnTomoSubtomogramBinning")
+        if binning is not None:
+            pixel_sizes = binning * particles.pixel_size_in_angstroms
+    if sizes is not None:
+        sizes = sizes.astype(np.int64)
+    if pixel_sizes is not None:
+        pixel_sizes = _check_pixel_sizes(pixel_sizes, path, "rlnImagePixelSize")
+    return sizes, pixel_sizes

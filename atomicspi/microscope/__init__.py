@@ -74,6 +74,10 @@ from ._noise import smoothed_power_spectrum as smoothed_power_spectrum
 from ._projection import project_atoms_dense as project_atoms_dense
 from ._projection import project_atoms_splat as project_atoms_splat
 from ._projection import splat_window as splat_window
+from ._tilt_series import broadcast_ctf as broadcast_ctf
+from ._tilt_series import render_tilt_series as render_tilt_series
+from ._tilt_series import render_tilt_series_batch as render_tilt_series_batch
+from ._tilt_series import shift_defocus as shift_defocus
 from ._volume_projection import VolumeSpectrum as VolumeSpectrum
 from ._volume_projection import gridding_correction_weights as gridding_correction_weights
 from ._volume_projection import padded_volume_size as padded_volume_size

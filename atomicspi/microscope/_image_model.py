@@ -129,7 +129,7 @@ class ImageModel(eqx.Module):
         positions = jnp.asarray(positions_in_angstroms)[self.order]
         return positions @ jnp.asarray(rotation)[:2, :].T
 
-    def _padded_fourier(self, positions_in_angstroms, rotation, shift_in_angstroms, ctf):
+    def _padded_fourier(self, positions_in_angstroms, rotation, shift_in_angstroms, ctf, fourier_filter=None):
         if self.fourier_projector is not None:
             projection_fourier = self.fourier_projector(self._positions_2d(positions_in_angstroms, rotation))
         else:
@@ -140,6 +140,8 @@ class ImageModel(eqx.Module):
         if ctf.has_odd_aberrations:
             phase = phase + compute_odd_aberration_phase(frequencies, ctf)
         transfer = compute_ctf(frequencies, ctf) * jax.lax.complex(jnp.cos(phase), jnp.sin(phase))
+        if fourier_filter is not None:  # e.g. a tilt image's exposure filter (`_tilt_series`)
+            transfer = transfer * jnp.asarray(fourier_filter)
         return projection_fourier * transfer
 
     def __call__(
@@ -148,6 +150,7 @@ class ImageModel(eqx.Module):
         rotation: Float[Array, "3 3"],
         shift_in_angstroms: Float[Array, "2"],
         ctf: CTFParameters,
+        fourier_filter: Float[Array, "padded_box_size padded_box_size//2+1"] | None = None,
     ) -> Float[Array, "box_size box_size"]:
         """The image `[y, x]` (V·Å, times the CTF's `scale`).
 
@@ -157,13 +160,17 @@ class ImageModel(eqx.Module):
         - `rotation`: RELION's `A`, `(3, 3)` (see `atomicspi.conventions`).
         - `shift_in_angstroms`: `(x, y)` of the particle centre relative to the box centre.
         - `ctf`: `CTFParameters` of this image.
+        - `fourier_filter`: optional real `(D', D' // 2 + 1)` weights on the `rfft2` grid of the
+            padded box (`rfft_frequencies(padded_box_size, pixel_size)`), multiplied into the CTF,
+            e.g. a tilt image's exposure filter (`exposure_filter_on_grid`). Without it (default)
+            the image is exactly what it was before this argument existed.
 
         **Returns:**
 
         `(D, D)` image.
         """
         padded = jnp.fft.irfft2(
-            self._padded_fourier(positions_in_angstroms, rotation, shift_in_angstroms, ctf),
+            self._padded_fourier(positions_in_angstroms, rotation, shift_in_angstroms, ctf, fourier_filter),
             s=(self.padded_box_size, self.padded_box_size),
         )
         start = self.padded_box_size // 2 - self.box_size // 2
@@ -175,6 +182,7 @@ class ImageModel(eqx.Module):
         rotation: Float[Array, "3 3"],
         shift_in_angstroms: Float[Array, "2"],
         ctf: CTFParameters,
+        fourier_filter: Float[Array, "padded_box_size padded_box_size//2+1"] | None = None,
     ) -> Complex[Array, "box_size box_size//2+1"]:
         """`jnp.fft.rfft2` of `self(...)` (same arguments), without the inverse FFT when unpadded.
 
@@ -183,9 +191,9 @@ class ImageModel(eqx.Module):
         `(D, D // 2 + 1)` complex array.
         """
         if self.padded_box_size != self.box_size:
-            return jnp.fft.rfft2(self(positions_in_angstroms, rotation, shift_in_angstroms, ctf))
+            return jnp.fft.rfft2(self(positions_in_angstroms, rotation, shift_in_angstroms, ctf, fourier_filter))
         return _make_hermitian(
-            self._padded_fourier(positions_in_angstroms, rotation, shift_in_angstroms, ctf)
+            self._padded_fourier(positions_in_angstroms, rotation, shift_in_angstroms, ctf, fourier_filter)
         )
 
 
