@@ -4,6 +4,12 @@ from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import checkpoint_metadata_path as checkpoint_metadata_path
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
+from ._diffraction_search import FRIEDEL_HALF_TURN as FRIEDEL_HALF_TURN
+from ._diffraction_search import DiffractionSearchResult as DiffractionSearchResult
+from ._diffraction_search import IntensityVolume as IntensityVolume
+from ._diffraction_search import make_intensity_volume as make_intensity_volume
+from ._diffraction_search import search_diffraction_orientations as search_diffraction_orientations
+from ._diffraction_search import slice_expected_photons as slice_expected_photons
 from ._encoder import ImageEncoder as ImageEncoder
 from ._fit import FitResult as FitResult
 from ._fit import configuration_hash as configuration_hash

@@ -29,7 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Complex, Float, Int
+from jaxtyping import Array, ArrayLike, Complex, Float, Int, Shaped
 
 from atomicspi.microscope import (
     CTFParameters,
@@ -72,18 +72,28 @@ class FourierVolume(eqx.Module):
         d = self.box_size
         frequencies = jnp.stack([band[:, 0], band[:, 1], jnp.zeros_like(band[:, 0])], axis=-1).astype(rotation.dtype)
         coordinates = self.oversampling * frequencies @ rotation + self.half_width  # (Aᵀ k)ᵀ = kᵀ A
-        lower = jnp.floor(coordinates)
-        fraction = coordinates - lower
-        lower = lower.astype(jnp.int32)
-        total = jnp.zeros(band.shape[0], dtype=self.values.dtype)
-        for corner in range(8):
-            offset = jnp.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
-            weight = jnp.prod(jnp.where(offset == 1, fraction, 1.0 - fraction), axis=-1)
-            index = lower + offset
-            total = total + weight * self.values[index[:, 0], index[:, 1], index[:, 2]]
+        total = trilinear_interpolation(self.values, coordinates)
         box_filter = jnp.sinc(band[:, 0] / d) * jnp.sinc(band[:, 1] / d)
         centre = -2.0 * jnp.pi * (band[:, 0] + band[:, 1]) * (d // 2) / d
         return total * box_filter * jax.lax.complex(jnp.cos(centre), jnp.sin(centre))
+
+
+def trilinear_interpolation(
+    values: Shaped[Array, "n_x n_y n_z"], coordinates: Float[Array, "n_points 3"]
+) -> Shaped[Array, " n_points"]:
+    """Trilinear interpolation of a grid `values[i, j, k]` at fractional indices `coordinates`
+    (`(i, j, k)` per row; they must lie inside the grid, at least one step from its far edges).
+    Shared by the slicing of `FourierVolume` and of the diffraction search's intensity volume."""
+    lower = jnp.floor(coordinates)
+    fraction = coordinates - lower
+    lower = lower.astype(jnp.int32)
+    total = jnp.zeros(coordinates.shape[0], dtype=values.dtype)
+    for corner in range(8):
+        offset = jnp.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
+        weight = jnp.prod(jnp.where(offset == 1, fraction, 1.0 - fraction), axis=-1)
+        index = lower + offset
+        total = total + weight * values[index[:, 0], index[:, 1], index[:, 2]]
+    return total
 
 
 def make_fourier_volume(
@@ -174,6 +184,51 @@ def _cube_offsets(step: float) -> np.ndarray:
     """`(27, 3)` rotation vectors `step · {-1, 0, 1}³`."""
     axis = np.array([-1.0, 0.0, 1.0]) * step
     return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def refinement_stages(step: float, n_hypotheses: int, final_hypotheses: int, final_step_in_degrees: float):
+    """The coarse-to-fine schedule after a global grid of spacing `step` (radians): yields, per
+    refinement stage, `(step, hypotheses)`: the stage's rotation step (halved every stage) and how
+    many hypotheses survive it (halved every stage, down to `final_hypotheses`); the last stage is
+    the first whose step is at most `final_step_in_degrees`. The caller widens its band (doubles
+    it) at each stage. Shared by `search_poses` and the diffraction search."""
+    hypotheses = n_hypotheses
+    while True:
+        step = step / 2.0
+        hypotheses = max(final_hypotheses, hypotheses // 2)
+        yield step, hypotheses
+        if math.degrees(step) <= final_step_in_degrees:
+            return
+
+
+def refine_rotations_locally(score, rotations: Float[Array, "n_hypotheses 3 3"], step: Float[ArrayLike, ""], keep: int):
+    """One rotation-only refinement stage for one image: every hypothesis `A` moves to the best of
+    the 27 rotations `exp(δ) A`, `δ ∈ step · {-1, 0, 1}³` (`_cube_offsets`, the same local grid as
+    `search_poses`' stages), and the best `keep` survive, best first.
+
+    `score(candidates (27, 3, 3)) -> (values (27,), aux)` is a traceable function (higher is
+    better; `aux` a pytree of `(27, ...)` arrays, e.g. fitted scales). Returns `(rotations (keep,
+    3, 3), values (keep,), aux of the kept (keep, ...), spread (3,))`, with `spread` the local
+    standard deviation of the rotation vector at the best hypothesis along each axis, from the
+    curvature of the score (`_curvature_spread`; `inf` where it is flat). `step` (radians) may be
+    traced, so that stages with different steps share one compilation."""
+    step = jnp.asarray(step, dtype=rotations.dtype)
+    offsets = jax.vmap(axis_angle_to_matrix)(jnp.asarray(_cube_offsets(1.0), dtype=rotations.dtype) * step)  # (27, 3, 3)
+
+    def hypothesis(rotation):
+        candidates = offsets @ rotation
+        values, aux = score(candidates)
+        best = jnp.argmax(values)
+        grid = values.reshape(3, 3, 3)  # rotation vector x, y, z
+        spread = jnp.stack([
+            _curvature_spread(grid[:, 1, 1], step), _curvature_spread(grid[1, :, 1], step),
+            _curvature_spread(grid[1, 1, :], step),
+        ])
+        return candidates[best], values[best], jax.tree_util.tree_map(lambda a: a[best], aux), spread
+
+    new_rotations, values, aux, spreads = jax.vmap(hypothesis)(rotations)
+    top, order = jax.lax.top_k(values, keep)
+    return new_rotations[order], top, jax.tree_util.tree_map(lambda a: a[order], aux), spreads[order[0]]
 
 
 class PoseSearchResult(NamedTuple):
@@ -302,18 +357,14 @@ def search_poses(
     chosen, shifts, gains = global_stage(band.data, band.ctf_values)
     rotations = grid[chosen]  # (B, H, 3, 3)
 
-    hypotheses = n_hypotheses
-    while True:
-        step, shift_step = step / 2.0, shift_step / 2.0
+    grid_step = step
+    for step, hypotheses in refinement_stages(grid_step, n_hypotheses, final_hypotheses, final_step_in_degrees):
+        shift_step = shift_step / 2.0
         max_frequency = min(2 * max_frequency, volume.max_frequency)
-        hypotheses = max(final_hypotheses, hypotheses // 2)
-        last = math.degrees(step) <= final_step_in_degrees
         rotations, shifts, gains, spreads, contrast = _refine(
             volume, images_fourier, ctf, rotations, shifts, max_frequency, step, shift_step, hypotheses, noise_variance,
             chunk_size,
         )
-        if last:
-            break
     gains = jnp.where(_duplicates(rotations, shifts, 4.0 * step, 4.0 * shift_step), -jnp.inf, gains)
     log_weights = gains - jax.scipy.special.logsumexp(gains, axis=1, keepdims=True)
     rotation_spread, shift_spread = spreads
@@ -328,9 +379,17 @@ def search_poses(
 def _duplicates(rotations, shifts, angle_in_radians, distance_in_angstroms):
     """`(B, H)`: hypotheses within `angle` and `distance` of a better one (lower index) of the same
     image, which refinement brought to the same pose: left out of the posterior weights."""
-    angles = jnp.deg2rad(geodesic_distance_in_degrees(rotations[:, :, None], rotations[:, None, :]))  # (B, H, H)
     distances = jnp.linalg.norm(shifts[:, :, None] - shifts[:, None, :], axis=-1)
-    near = (angles < angle_in_radians) & (distances < distance_in_angstroms)
+    return rotation_duplicates(rotations, angle_in_radians, distances < distance_in_angstroms)
+
+
+def rotation_duplicates(rotations: Float[Array, "batch n_hypotheses 3 3"], angle_in_radians: Float[ArrayLike, ""], also=None):
+    """`(B, H)`: hypotheses whose rotation is within `angle` of a better one (lower index) of the
+    same image, and (where given) for which `also (B, H, H)` holds too, e.g. a near shift."""
+    angles = jnp.deg2rad(geodesic_distance_in_degrees(rotations[:, :, None], rotations[:, None, :]))  # (B, H, H)
+    near = angles < angle_in_radians
+    if also is not None:
+        near = near & also
     earlier = jnp.tril(jnp.ones(near.shape[1:], dtype=bool), k=-1)  # [j, i]: i < j
     return jnp.any(near & earlier, axis=2)
 
