@@ -304,13 +304,16 @@ def prepare(config) -> Prepared:
             f"{config.particles}: field rotations: `poses: {config.poses}` needs poses in the particle file "
             "(`poses: search` finds them)"
         )
-    structure = load_structure(config.reference)
-    if isinstance(config.domains, tuple):
+    # `model: volume` may come without a reference (`load_config` refuses the settings that need one)
+    structure = load_structure(config.reference) if config.reference is not None else None
+    if isinstance(config.domains, tuple) and structure is not None:
         _check_domains(config, structure)
     box_size, pixel_size = dataset.box_size, dataset.pixel_size_in_angstroms
     if box_size is None or pixel_size is None:  # load_particles checks the stacks, so this is an internal error
         raise AssertionError(f"{config.particles}: no box or pixel size after loading")
-    image_model = make_image_model(structure.atomic_numbers, structure.b_factors_in_angstroms_squared, box_size, pixel_size)
+    image_model = None
+    if structure is not None:
+        image_model = make_image_model(structure.atomic_numbers, structure.b_factors_in_angstroms_squared, box_size, pixel_size)
     noise_std = _estimate_noise_std(dataset)
     if not noise_std > 0:
         _refuse_noiseless_images(config, dataset)
@@ -320,7 +323,8 @@ def prepare(config) -> Prepared:
         pose_search = _search_poses(config, dataset, image_model, structure, noise_std)
         search_seconds = time.perf_counter() - started
         dataset = dataclasses.replace(dataset, rotations=pose_search.rotations, shifts_in_angstroms=pose_search.shifts_in_angstroms)
-    contrast = _estimate_contrast(dataset, image_model, structure)
+    # without a reference (a volume), the map takes the images' units: contrast 1
+    contrast = _estimate_contrast(dataset, image_model, structure) if structure is not None else 1.0
     if not contrast > 0:
         raise InputError(
             f"{config.particles}: field images: the particles correlate negatively ({contrast:.3g}) with the reference "
@@ -392,12 +396,18 @@ def set_up(config, prepared: Prepared, family: ModelFamily, *, key) -> SetUp:
         spring_yield_in_angstroms=config.spring_yield_in_angstroms,
         particle_fluctuation_in_angstroms=config.particle_fluctuation_in_angstroms if family.name == "deformation" else None,
         likelihood_resolution_in_angstroms=config.likelihood_resolution_in_angstroms,
-        envelope_prior_in_angstroms_squared=_ENVELOPE_PRIOR_IN_ANGSTROMS_SQUARED if config.learn_envelope else None,
+        # a map's own spectrum carries the images' envelope: for families without atoms it would be redundant
+        envelope_prior_in_angstroms_squared=_ENVELOPE_PRIOR_IN_ANGSTROMS_SQUARED if config.learn_envelope and family.has_atoms else None,
     )
-    context = build_model_context(
-        prepared.structure, prepared.image_model, config.n_modes, config.cutoff_in_angstroms, options,
-        coarse_grain=config.coarse_grain, domain_residue_ranges=config.domains if family.uses_domains else None,
-    )
+    if family.has_atoms:
+        context = build_model_context(
+            prepared.structure, prepared.image_model, config.n_modes, config.cutoff_in_angstroms, options,
+            coarse_grain=config.coarse_grain, domain_residue_ranges=config.domains if family.uses_domains else None,
+        )
+    else:
+        from atomicspi.models import atomless_context
+
+        context = atomless_context(prepared.dataset.box_size, prepared.dataset.pixel_size_in_angstroms, options)
     if prepared.noise_power_spectra is not None:
         context = dataclasses.replace(
             context,
@@ -539,6 +549,27 @@ def write(config, prepared: Prepared, posterior: Posterior) -> dict:
     }
 
 
+def _write_without_atoms(config, prepared: Prepared, setup: SetUp, posterior: Posterior, parameters: dict) -> tuple[Posterior, dict]:
+    """For a family without atoms (`volume`): `posterior.nc` without the family's global sites (a
+    map's coefficients: the maps are in the family's own files) and the family's files
+    (`ModelFamily.write_outputs`); no topology, ensembles or landscape.
+
+    **Returns:** the posterior without those global draws, and what was written for `run.json` (`outputs`)."""
+    from atomicspi._outputs import write_posterior
+
+    family = setup.family
+    dropped = set(family.global_sites(setup.model_arguments["context"]))
+    posterior = posterior._replace(global_={name: v for name, v in posterior.global_.items() if name not in dropped})
+    write_posterior(prepared.output / "posterior.nc", posterior.local, posterior.global_, posterior.poses)
+    record = family.write_outputs(config, prepared.dataset, prepared.output, parameters, setup.model_arguments, posterior.local)
+    note = (
+        f"model {family.name} has no atoms: no topology.pdb, ensemble_mean.dcd, ensemble_samples.dcd, "
+        "posterior_ensemble.dcd or landscape products are written; posterior.nc holds the per-particle draws "
+        f"and the scalar globals, the map is in {record.get('map', 'the family outputs')}"
+    )
+    return posterior, {"note": note, "ensemble_samples_written": False, family.name: record}
+
+
 _POSES_PER_CHUNK = 4096  # particles whose pose draws are summarised at a time
 
 
@@ -580,12 +611,15 @@ def _write_pose_search(prepared: Prepared) -> dict:
     }
 
 
-def _write_figures(config, prepared: Prepared, posterior: Posterior, elbo_history) -> None:
-    """`elbo.png`, and `fits.png`: the first particles beside their posterior-mean images."""
+def _write_figures(config, prepared: Prepared, posterior: Posterior, elbo_history, *, fits: bool = True) -> None:
+    """`elbo.png`, and with `fits` (families with atoms; the others write their own) `fits.png`:
+    the first particles beside their posterior-mean images."""
     from atomicspi._outputs import plot_elbo, plot_fits
     from atomicspi.models import render_images
 
     plot_elbo(prepared.output / "elbo.png", -elbo_history)
+    if not fits:
+        return
     shown = min(_FIT_PARTICLES_SHOWN, len(prepared.dataset))
     first = flat_batch(prepared.dataset.batch(np.arange(shown)))
     means, _ = posterior.positions(np.arange(shown))
@@ -698,7 +732,9 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
 
     **Returns:** the output folder, holding `topology.pdb`, `ensemble_mean.dcd`,
     `ensemble_samples.dcd`, `posterior.nc`, `run.json`, `elbo.png`, `fits.png`, the landscape
-    products, and for a RELION input `particles.star` (its tables with posterior summaries).
+    products, and for a RELION input `particles.star` (its tables with posterior summaries). For a
+    family without atoms (`model: volume`) no topology, ensembles or landscape, and the family's
+    files instead (`map.mrc`, half maps, `fsc.png`; `run.json`'s `outputs` says so).
     """
     from atomicspi._outputs import write_run_record
 
@@ -716,8 +752,11 @@ def run_inference(config, resume: bool = False, progress: bool = True) -> pathli
             return prepared.output
     with _timed(timings, "posterior_seconds"):
         posterior = draw(config, prepared, setup, result.parameters, key=key)
-        outputs = write(config, prepared, posterior)
-    _write_figures(config, prepared, posterior, result.elbo_history)
+        if family.has_atoms:
+            outputs = write(config, prepared, posterior)
+        else:  # a map: its files instead of ensembles (`ModelFamily.write_outputs`)
+            posterior, outputs = _write_without_atoms(config, prepared, setup, posterior, result.parameters)
+    _write_figures(config, prepared, posterior, result.elbo_history, fits=family.has_atoms)
     if prepared.pose_search is not None:
         timings["pose_search_seconds"] = prepared.pose_search_seconds
     record = _run_record(config, prepared, result, posterior, {**setup.diagnostics, **posterior.diagnostics, "outputs": outputs}, timings)

@@ -29,5 +29,9 @@ from ._likelihood import sample_envelope as sample_envelope
 from ._likelihood import with_envelope as with_envelope
 from ._nma import nma as nma
 from ._nma import nma_positions as nma_positions
+from ._volume import VoxelDensity as VoxelDensity
+from ._volume import atomless_context as atomless_context
+from ._volume import prior_standard_deviation_from_half_maps as prior_standard_deviation_from_half_maps
+from ._volume import volume as volume
 
-MODELS = {"nma": nma, "deformation": deformation, "domains": domains, "homogeneous": homogeneous}
+MODELS = {"nma": nma, "deformation": deformation, "domains": domains, "homogeneous": homogeneous, "volume": volume}

@@ -10,5 +10,6 @@ from ._family import ModelFamily as ModelFamily
 from ._family import ModelSetup as ModelSetup
 from ._homogeneous import Homogeneous as Homogeneous
 from ._nma import NormalModes as NormalModes
+from ._volume import Volume as Volume
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (NormalModes(), Deformation(), DomainMotions(), Homogeneous())}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (NormalModes(), Deformation(), DomainMotions(), Homogeneous(), Volume())}

@@ -52,11 +52,15 @@ class ModelFamily(abc.ABC):
     - `landscape_coordinate`: the products' default coordinate (see `atomicspi.products`), or
       None for a family without per-particle conformations (no landscape is made).
     - `uses_domains`: whether `domains` from the yaml reach `build_model_context`.
+    - `has_atoms`: whether the model moves the reference's atoms. A family without (`volume`, a
+      density map) gets a context without atoms (`atomicspi.models.atomless_context`), needs no
+      reference, and writes no topology, ensembles or landscape (its `write_outputs` instead).
     """
 
     name: ClassVar[str]
     landscape_coordinate: ClassVar[str | None] = "motion:0"
     uses_domains: ClassVar[bool] = False
+    has_atoms: ClassVar[bool] = True
 
     @property
     @abc.abstractmethod
@@ -87,3 +91,9 @@ class ModelFamily(abc.ABC):
         """A function from particle indices (rows of `local`, input order) to the posterior's atom
         positions for those particles: means `(n, n_atoms, 3)` and draws `(n, n_samples, n_atoms, 3)`,
         in Å. The pipeline calls it on a chunk of particles at a time."""
+
+    def write_outputs(self, config, dataset, output, parameters: dict, model_arguments: dict, local: dict) -> dict:
+        """Files the family writes into the output folder besides the pipeline's own (a volume's maps),
+        from the trained `parameters`, the model's keyword arguments and the local draws
+        `(n_particles, n_samples, ...)`; returns their record for `run.json` (nothing by default)."""
+        return {}

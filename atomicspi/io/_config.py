@@ -9,7 +9,7 @@ import yaml
 
 from ._errors import InputError
 
-MODELS = ("nma", "deformation", "domains", "homogeneous")
+MODELS = ("nma", "deformation", "domains", "homogeneous", "volume")
 POSE_MODES = ("given", "infer", "search")
 COARSE_GRAININGS = ("calpha", "centroid")
 GUIDES = ("semi_amortized", "amortized")
@@ -28,8 +28,13 @@ class DatasetConfig:
 
     - `particles`: a RELION `.star`, a cryoSPARC `.cs`, or an `.mrcs`/`.mrc` stack (which then
       needs `poses_file` when `poses: given`).
-    - `reference`: the atomic structure (PDB, mmCIF, ...) in the frame of the poses.
-    - `model`: one of `"nma"`, `"deformation"`, `"homogeneous"`.
+    - `reference`: the atomic structure (PDB, mmCIF, ...) in the frame of the poses. Optional with
+      `model: volume`, which fits a density map and no atoms: without it the map is in the images'
+      units per Å (the contrast's prior median is 1), `poses: search` and `noise: coloured` (which
+      project the reference) are refused, and `domains` is refused in any case.
+    - `model`: one of `"nma"`, `"deformation"`, `"domains"`, `"homogeneous"`, `"volume"` (a density
+      map, two half maps fitted to the particles of even and odd index, written as `map.mrc` with
+      their Fourier shell correlation, `atomicspi.models.volume`).
     - `poses`: `"given"` (use the poses in the particle file or `poses_file`), `"infer"` (refine
       the given poses locally: each particle's rotation and shift corrections are latent
       variables) or `"search"` (find every particle's pose by a global search against the
@@ -104,7 +109,7 @@ class DatasetConfig:
       high-frequency falloff is rarely the reference's (a model without B-factors, or crystal ones,
       against images blurred by drift and the particles' own motion), and images rendered too sharp
       make the posteriors too narrow (issue 19, bench/RESULTS.md). False: the reference's
-      B-factors as they are.
+      B-factors as they are. Not with `model: volume`, whose map's own spectrum carries the envelope.
     - `samples_per_particle` (8): posterior samples drawn per particle.
     - `checkpoint_every` (200): steps between checkpoints.
     - `n_particles` (None = all): use only the first n particles.
@@ -143,7 +148,7 @@ class DatasetConfig:
     """
 
     particles: pathlib.Path
-    reference: pathlib.Path
+    reference: pathlib.Path | None
     model: str
     poses: str
     output: pathlib.Path
@@ -287,7 +292,7 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
         if key not in known:
             raise InputError(f"{path}: field {key}: unknown key (known: {', '.join(sorted(known))})")
     for key in _REQUIRED:
-        if document.get(key) is None:
+        if document.get(key) is None and not (key == "reference" and document.get("model") == "volume"):
             raise InputError(f"{path}: field {key}: required")
     values = dict(document)
     folder = path.parent.resolve()
@@ -327,9 +332,24 @@ def load_config(path: str | os.PathLike) -> DatasetConfig:
     values["domains"] = _domains(values.get("domains"), path)
     if values["model"] == "domains" and values["domains"] is None:
         raise InputError(f"{path}: field domains: required by model domains (lists of [first, last] residue ranges)")
+    if values["model"] == "volume":
+        _check_volume_options(values, path)
+    values.setdefault("reference", None)
     config = DatasetConfig(**values, yaml_path=path.resolve())
     _check_files(config, path)
     return config
+
+
+def _check_volume_options(values: dict, path: pathlib.Path) -> None:
+    """`model: volume` fits a map, no atoms: refuse the settings that need residues, and those that
+    project the reference when none is given."""
+    if values.get("domains") is not None:
+        raise InputError(f"{path}: field domains: model volume fits a density map, which has no residues to group into domains")
+    if values.get("reference") is None:
+        for key, value, needs in (("poses", "search", "searches the poses against the reference's projections"),
+                                  ("noise", "coloured", "estimates the noise from the images minus the reference's projections")):
+            if values.get(key) == value:
+                raise InputError(f"{path}: field reference: required by {key}: {value} with model volume (it {needs})")
 
 
 def _check_files(config: DatasetConfig, path: pathlib.Path) -> None:
