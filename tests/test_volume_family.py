@@ -17,6 +17,7 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
+from _gaussian_blobs import GaussianBlobs
 
 from atomicspi.io import InputError, load_config, write_particles_star
 from atomicspi.microscope import CTFParameters, compute_ctf, ctf_batch_axes, rfft_frequencies, slice_field
@@ -26,41 +27,12 @@ BOX, VOXEL = 32, 2.0  # Å
 N_IMAGES, SNR = 300, 1.0
 
 
-def _coordinates(dimensions: int) -> np.ndarray:
-    """Voxel or pixel centres `(..., (x, y[, z]))` in Å, index `[(z,) y, x]`, the origin at `D // 2`."""
-    axis = (np.arange(BOX) - BOX // 2) * VOXEL
-    return np.stack(np.meshgrid(*([axis] * dimensions), indexing="ij")[::-1], axis=-1)
-
-
-class Blobs:
+class Blobs(GaussianBlobs):
     """Six anisotropic Gaussians (σ 2-4 Å, centres within a quarter box of the centre): a map with
     signal up to about 5 Å, beyond the reach of 300 images at SNR 1 near Nyquist (4 Å)."""
 
     def __init__(self, seed: int = 0, n_blobs: int = 6):
-        rng = np.random.default_rng(seed)
-        self.blobs = []
-        for _ in range(n_blobs):
-            direction = rng.normal(size=3)
-            mean = direction / np.linalg.norm(direction) * rng.uniform(0.05, 0.25) * BOX * VOXEL
-            axes, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-            widths = rng.uniform(1.0, 2.0, size=3) * VOXEL
-            self.blobs.append((rng.uniform(0.5, 1.5), mean, axes @ np.diag(widths**2) @ axes.T))
-        points = _coordinates(3)
-        density = 0.0
-        for weight, mean, covariance in self.blobs:
-            offset = points - mean
-            exponent = -0.5 * np.einsum("...i,ij,...j->...", offset, np.linalg.inv(covariance), offset)
-            density = density + weight * np.exp(exponent) / np.sqrt((2 * np.pi) ** 3 * np.linalg.det(covariance))
-        self.density = density
-
-    def transform(self, frequencies):
-        """`∫ V(r) exp(-2πi k·r) d³r = Σ w exp(-2πi k·μ - 2π² kᵀΣk)`, `frequencies` `(n, 3)` in 1/Å."""
-        total = 0.0
-        for weight, mean, covariance in self.blobs:
-            quadratic = jnp.einsum("ni,ij,nj->n", frequencies, jnp.asarray(covariance, frequencies.dtype), frequencies)
-            phase = -2 * jnp.pi * (frequencies @ jnp.asarray(mean, frequencies.dtype))
-            total = total + weight * jnp.exp(-2 * jnp.pi**2 * quadratic) * jax.lax.complex(jnp.cos(phase), jnp.sin(phase))
-        return total
+        super().__init__(BOX, VOXEL, seed=seed, n_blobs=n_blobs, radial_range=(0.05, 0.25), width_range=(1.0, 2.0))
 
 
 def _simulate(blobs: Blobs, n: int, snr: float, seed: int = 0):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import mrcfile
 import numpy as np
 import pytest
+from _gaussian_blobs import GaussianBlobs, coordinates, gaussian
 
 from atomicspi._errors import InputError
 from atomicspi.conventions import euler_angles_to_matrix, sample_uniform_rotations
@@ -24,57 +25,9 @@ BOX = 32
 VOXEL = 2.0  # Å
 
 
-def _gaussian(points, mean, covariance):
-    """Normalised Gaussian density at `points` (`(..., d)`)."""
-    offset = points - mean
-    inverse = np.linalg.inv(covariance)
-    exponent = -0.5 * np.einsum("...i,ij,...j->...", offset, inverse, offset)
-    return np.exp(exponent) / np.sqrt((2 * np.pi) ** len(mean) * np.linalg.det(covariance))
-
-
-def _coordinates(box_size, voxel_size, dimensions):
-    """Voxel or pixel centres `(..., (x, y[, z]))` in Å, index `[(z,) y, x]`, the origin at `D // 2`."""
-    axis = (np.arange(box_size) - box_size // 2) * voxel_size
-    grids = np.meshgrid(*([axis] * dimensions), indexing="ij")  # [(z,) y, x]
-    return np.stack(grids[::-1], axis=-1)  # (x, y[, z])
-
-
-class GaussianBlobs:
-    """A few anisotropic 3D Gaussians (σ 1.5-3 voxels, centres within a quarter box of the centre)."""
-
-    def __init__(self, seed=0, n_blobs=4):
-        rng = np.random.default_rng(seed)
-        self.blobs = []
-        for _ in range(n_blobs):
-            direction = rng.normal(size=3)
-            mean = direction / np.linalg.norm(direction) * rng.uniform(0.1, 0.25) * BOX * VOXEL
-            axes, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-            widths = rng.uniform(1.5, 3.0, size=3) * VOXEL
-            self.blobs.append((rng.uniform(0.5, 1.5), mean, axes @ np.diag(widths**2) @ axes.T))
-        points = _coordinates(BOX, VOXEL, 3)
-        self.density = sum(weight * _gaussian(points, mean, cov) for weight, mean, cov in self.blobs)
-
-    def projection(self, rotation):
-        """`∫ V(Aᵀ (x, y, z)) dz` at the pixel centres: the rotated Gaussians' (x, y) marginals."""
-        a = np.asarray(rotation, dtype=np.float64)
-        points = _coordinates(BOX, VOXEL, 2)
-        return sum(
-            weight * _gaussian(points, (a @ mean)[:2], (a @ cov @ a.T)[:2, :2]) for weight, mean, cov in self.blobs
-        )
-
-    def transform(self, frequencies):
-        """`∫ V(r) exp(-2πi k·r) d³r = Σ w exp(-2πi k·μ - 2π² kᵀΣk)`, `frequencies` `(n, 3)` in 1/Å."""
-        total = 0.0
-        for weight, mean, cov in self.blobs:
-            quadratic = jnp.einsum("ni,ij,nj->n", frequencies, jnp.asarray(cov, frequencies.dtype), frequencies)
-            phase = -2 * jnp.pi * (frequencies @ jnp.asarray(mean, frequencies.dtype))
-            total = total + weight * jnp.exp(-2 * jnp.pi**2 * quadratic) * jax.lax.complex(jnp.cos(phase), jnp.sin(phase))
-        return total
-
-
 @pytest.fixture(scope="module")
 def blobs():
-    return GaussianBlobs()
+    return GaussianBlobs(BOX, VOXEL)
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +97,11 @@ def test_the_identity_slice_is_the_sum_along_z(blobs):
 
 def test_a_blob_goes_where_the_rotation_puts_it():
     offset = 6
-    points = _coordinates(BOX, VOXEL, 3)
+    points = coordinates(BOX, VOXEL, 3)
     position = np.array([offset * VOXEL, 0.0, 0.0])  # index D // 2 + 6 along x
-    density = _gaussian(points, position, np.eye(3) * (1.2 * VOXEL) ** 2)
+    density = gaussian(points, position, np.eye(3) * (1.2 * VOXEL) ** 2)
     assert np.unravel_index(np.argmax(density), density.shape) == (BOX // 2, BOX // 2, BOX // 2 + offset)
-    pixels = _coordinates(BOX, VOXEL, 2)
+    pixels = coordinates(BOX, VOXEL, 2)
     for angles in ([90.0, 0.0, 0.0], [0.0, 0.0, 90.0], [0.0, 90.0, 0.0], [30.0, 50.0, 70.0]):
         a = np.asarray(euler_angles_to_matrix(np.array(angles)), dtype=np.float64)
         image = np.asarray(
